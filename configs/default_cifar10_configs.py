@@ -1,0 +1,74 @@
+"""Defaults shared by every CIFAR-10 config (32x32x3). Paper configs import this and override a few fields."""
+import ml_collections
+
+
+def get_default_configs():
+  config = ml_collections.ConfigDict()
+
+  config.training = training = ml_collections.ConfigDict()
+  training.sde = "vpsde"                     # vpsde | subvpsde | vesde (set by each config)
+  training.continuous = True                 # continuous-time labels (else the discrete SMLD / DDPM chain)
+  training.reduce_mean = False               # mean over pixels (else 0.5 * sum)
+  training.likelihood_weighting = False      # weight the loss by g(t)^2 (continuous only)
+  training.batch_size = 128                  # global batch, split over all devices
+  training.n_iters = 1300001
+  training.n_jitted_steps = 5                # train steps per compiled call (lax.scan)
+  training.log_freq = 50
+  training.eval_freq = 100                   # eval loss on one test batch
+  training.snapshot_freq = 50000             # kept checkpoints (and snapshot samples)
+  training.snapshot_freq_for_preemption = 10000  # latest-only checkpoint for resuming
+  training.snapshot_sampling = True          # sample from the EMA params at each snapshot
+
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.method = "pc"                     # pc | ode
+  sampling.predictor = "euler_maruyama"
+  sampling.corrector = "none"
+  sampling.n_steps_each = 1                  # corrector steps per predictor step
+  sampling.noise_removal = True              # return the last step's mean (denoise)
+  sampling.probability_flow = False
+  sampling.snr = 0.16                        # Langevin signal-to-noise ratio
+
+  config.eval = evaluate = ml_collections.ConfigDict()
+  evaluate.begin_ckpt = 9
+  evaluate.end_ckpt = 26
+  evaluate.ckpt_id = -1                      # -1: the latest checkpoint (sample mode)
+  evaluate.batch_size = 1024
+  evaluate.enable_sampling = False
+  evaluate.num_samples = 50000
+  evaluate.enable_loss = True
+  evaluate.enable_bpd = False
+  evaluate.enable_vlb = False
+  evaluate.bpd_dataset = "test"              # train | test
+  evaluate.bpd_num_repeats = 5               # passes over the bpd set (the paper averages 5)
+
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = "CIFAR10"
+  data.image_size = 32
+  data.num_channels = 3
+  data.random_flip = True
+  data.centered = False                      # data in [0, 1] (else [-1, 1])
+  data.uniform_dequantization = False
+  data.data_dir = ""                         # TFDS data_dir ("" -> $TFDS_DATA_DIR or the TFDS default)
+
+  config.model = model = ml_collections.ConfigDict()
+  model.name = "ncsnpp"
+  model.sigma_min = 0.01
+  model.sigma_max = 50.0
+  model.num_scales = 1000
+  model.beta_min = 0.1
+  model.beta_max = 20.0
+  model.dropout = 0.1
+  model.embedding_type = "fourier"
+  model.ema_rate = 0.9999
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.optimizer = "Adam"
+  optim.lr = 2e-4
+  optim.beta1 = 0.9
+  optim.eps = 1e-8
+  optim.weight_decay = 0.0
+  optim.warmup = 5000
+  optim.grad_clip = 1.0                      # global-norm clipping; < 0 disables
+
+  config.seed = 42
+  return config

@@ -1,0 +1,37 @@
+"""Defaults for the embedded digits data (scikit-learn's 1,797 handwritten 8x8 digits, resized to 16x16x1).
+
+Small enough to train on a 2-core CPU in minutes, with no download: the default for trying things out.
+"""
+from configs import default_cifar10_configs
+
+
+def get_default_configs():
+  config = default_cifar10_configs.get_default_configs()
+  training = config.training
+  training.batch_size = 64
+  training.n_iters = 4001
+  training.n_jitted_steps = 1
+  training.log_freq = 50
+  training.eval_freq = 200
+  training.snapshot_freq = 1000
+  training.snapshot_freq_for_preemption = 250
+  config.sampling.snr = 0.16
+  config.eval.begin_ckpt = 1
+  config.eval.end_ckpt = 4
+  config.eval.batch_size = 256
+  config.eval.num_samples = 1024
+  data = config.data
+  data.dataset = "DIGITS"
+  data.image_size = 16
+  data.num_channels = 1
+  data.random_flip = False                   # digits are not mirror-symmetric
+  model = config.model
+  model.nf = 32
+  model.ch_mult = (1, 2, 2)
+  model.num_res_blocks = 1
+  model.attn_resolutions = (8,)
+  model.dropout = 0.0
+  model.num_scales = 1000
+  config.optim.lr = 1e-3
+  config.optim.warmup = 100
+  return config

@@ -1,0 +1,20 @@
+"""NCSN v1 (conditional RefineNet, 10 noise levels in [0.01, 1], annealed Langevin), CelebA 64x64. Target: NCSN paper samples (no FID in Score SDE).
+
+  python main.py --config configs/ve/ncsn/celeba.py --mode train --workdir runs/ve/ncsn/celeba
+"""
+from configs import archs
+from configs.default_celeba_configs import get_default_configs
+
+
+def get_config():
+  config = get_default_configs()
+  archs.refinenet(config, name="ncsn", sigma_max=1.0, num_scales=10, scale_by_sigma=False, ema_rate=0.0)
+  config.training.batch_size = 128
+  config.training.n_iters = 300001
+  config.training.snapshot_freq = 10000
+  config.sampling.predictor = "none"
+  config.sampling.corrector = "ald"
+  config.sampling.n_steps_each = 100
+  config.sampling.snr = 0.316
+  config.optim.lr = 1e-3
+  return config

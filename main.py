@@ -1,0 +1,33 @@
+"""score_sde command line: flags and dispatch only.
+
+  python main.py --config configs/vp/digits.py --mode train --workdir runs/digits_vp
+  python main.py --config configs/vp/cifar10.py --mode eval --workdir runs/cifar10_vp --config.eval.enable_bpd=True
+"""
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (overridable, e.g. --config.model.nf=64).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Work directory: checkpoints, logs and samples live here.")
+flags.DEFINE_enum("mode", None, ["train", "eval", "sample", "stats"], "What to run.")
+flags.DEFINE_string("eval_folder", "eval", "Folder under workdir for evaluation and sampling outputs.")
+flags.mark_flags_as_required(["config", "workdir", "mode"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  from score_sde import run_lib  # pylint: disable=g-import-not-at-top  (keeps --help fast)
+  try:
+    run_lib.MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir, FLAGS.eval_folder)
+  except (ValueError, FloatingPointError, run_lib.NotAvailableError) as e:
+    # Bad input gets one clear line, not a traceback.
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

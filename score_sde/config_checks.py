@@ -1,0 +1,24 @@
+"""Checks a config before anything is compiled, so that bad input fails fast with a one-line message."""
+import jax
+
+from score_sde import losses, sde_lib
+from score_sde.models import utils as mutils
+
+
+def check_batch_size(batch_size, key, num_devices=None):
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  if batch_size <= 0 or batch_size % num_devices:
+    raise ValueError(f"{key}={batch_size} must be a positive multiple of the device count ({num_devices}).")
+
+
+def validate_config(config, num_devices=None):
+  """Builds the SDE, the model (its from_config validates every knob) and the loss; checks batch sizes.
+
+  Returns (sde, model) so callers need not build them twice.
+  """
+  sde = sde_lib.get_sde(config)
+  model = mutils.create_model(config)
+  losses.get_loss_fn_from_config(config, sde, model, train=True)
+  check_batch_size(config.training.batch_size, "training.batch_size", num_devices)
+  check_batch_size(config.eval.batch_size, "eval.batch_size", num_devices)
+  return sde, model

@@ -1,0 +1,35 @@
+"""Turning samples into files a person can look at: uint8 conversion and PNG grids."""
+import math
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images):
+  """[0, 1] floats -> uint8, rounding as image writers do."""
+  return np.clip(np.asarray(images, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def make_grid(images, nrow=None, padding=2, pad_value=255):
+  """(B, H, W, C) uint8 -> one (rows*(H+p)+p, nrow*(W+p)+p, C) uint8 image."""
+  images = np.asarray(images)
+  b, h, w, c = images.shape
+  nrow = nrow or int(math.ceil(math.sqrt(b)))
+  rows = int(math.ceil(b / nrow))
+  grid = np.full((rows * (h + padding) + padding, nrow * (w + padding) + padding, c), pad_value, np.uint8)
+  for k in range(b):
+    r, col = divmod(k, nrow)
+    y, x = padding + r * (h + padding), padding + col * (w + padding)
+    grid[y:y + h, x:x + w] = images[k]
+  return grid
+
+
+def save_grid(images, path, nrow=None, scale=1):
+  """Writes a PNG grid of uint8 images; `scale` enlarges small images (nearest) for viewing."""
+  grid = make_grid(images, nrow)
+  if grid.shape[-1] == 1:
+    grid = grid[..., 0]
+  image = Image.fromarray(grid)
+  if scale > 1:
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+  image.save(path)

@@ -1,0 +1,192 @@
+"""NCSN++ / DDPM++ building blocks (Song et al. 2021, App. H).
+
+Module and parameter names matter: each block creates its submodules in the same order as the 2021 Flax
+code, so Flax's automatic names (`GroupNorm_0`, `Conv_0`, `Dense_0`, ...) match the published checkpoints.
+GroupNorm everywhere uses min(C // 4, 32) groups and eps 1e-6.
+"""
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_sde.models import layers
+from score_sde.models import up_or_down_sampling as updown
+
+conv1x1 = layers.ddpm_conv1x1
+conv3x3 = layers.ddpm_conv3x3
+
+
+def group_norm(x):
+  """GroupNorm as NCSN++ uses it; creates one `GroupNorm_k` in the caller's scope."""
+  return nn.GroupNorm(num_groups=min(x.shape[-1] // 4, 32), epsilon=1e-6)(x)
+
+
+def skip_sum(x, h, skip_rescale):
+  """Residual sum; with `skip_rescale` divided by sqrt(2) so the variance does not grow with depth."""
+  return (x + h) / np.sqrt(2.0) if skip_rescale else x + h
+
+
+class GaussianFourierProjection(nn.Module):
+  """Random Fourier features of a scalar: [sin(2 pi x W), cos(2 pi x W)], W ~ N(0, scale^2) frozen."""
+  embedding_size: int = 256
+  scale: float = 1.0
+
+  @nn.compact
+  def __call__(self, x):
+    w = self.param("W", jax.nn.initializers.normal(stddev=self.scale), (self.embedding_size,))
+    # W is a fixed random basis, not a trainable weight: keep the optimiser (and weight decay) off it.
+    w = jax.lax.stop_gradient(w)
+    x_proj = x[:, None] * w[None, :] * 2 * jnp.pi
+    return jnp.concatenate([jnp.sin(x_proj), jnp.cos(x_proj)], axis=-1)
+
+
+class Combine(nn.Module):
+  """Merges an input-pyramid image `x` into features `y`: 1x1 conv of x to y's width, then sum or concat."""
+  method: str = "cat"
+
+  @nn.compact
+  def __call__(self, x, y):
+    h = conv1x1(x, y.shape[-1])
+    if self.method == "cat":
+      return jnp.concatenate([h, y], axis=-1)
+    if self.method == "sum":
+      return h + y
+    raise ValueError(f"Combine method {self.method!r} is not one of ['cat', 'sum'].")
+
+
+class AttnBlockpp(nn.Module):
+  """Single-head self-attention over all pixels (q, k, v and output are NINs), with a residual."""
+  skip_rescale: bool = False
+  init_scale: float = 0.0
+
+  @nn.compact
+  def __call__(self, x):
+    b, height, width, c = x.shape
+    h = group_norm(x)
+    q = layers.NIN(c)(h)
+    k = layers.NIN(c)(h)
+    v = layers.NIN(c)(h)
+    logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k) * (int(c) ** (-0.5))
+    weights = jax.nn.softmax(logits.reshape(b, height, width, height * width), axis=-1)
+    weights = weights.reshape(b, height, width, height, width)
+    h = jnp.einsum("bhwHW,bHWc->bhwc", weights, v)
+    h = layers.NIN(c, init_scale=self.init_scale)(h)
+    return skip_sum(x, h, self.skip_rescale)
+
+
+class Upsample(nn.Module):
+  """2x upsampling: nearest (+ 3x3 conv) or FIR (fused with a 3x3 `Conv2d` when `with_conv`)."""
+  out_ch: Optional[int] = None
+  with_conv: bool = False
+  fir: bool = False
+  fir_kernel: Sequence[int] = (1, 3, 3, 1)
+
+  @nn.compact
+  def __call__(self, x):
+    out_ch = self.out_ch if self.out_ch else x.shape[-1]
+    if not self.fir:
+      h = updown.naive_upsample_2d(x, factor=2)
+      if self.with_conv:
+        h = conv3x3(h, out_ch)
+      return h
+    if not self.with_conv:
+      return updown.upsample_2d(x, self.fir_kernel, factor=2)
+    return updown.Conv2d(out_ch, kernel=3, up=True, resample_kernel=self.fir_kernel, use_bias=True,
+                         kernel_init=layers.default_init())(x)
+
+
+class Downsample(nn.Module):
+  """2x downsampling: stride-2 3x3 conv or average pooling, or FIR (fused with a 3x3 `Conv2d`)."""
+  out_ch: Optional[int] = None
+  with_conv: bool = False
+  fir: bool = False
+  fir_kernel: Sequence[int] = (1, 3, 3, 1)
+
+  @nn.compact
+  def __call__(self, x):
+    out_ch = self.out_ch if self.out_ch else x.shape[-1]
+    if not self.fir:
+      if self.with_conv:
+        # TF-style 'SAME' with stride 2 pads right/bottom only, as the DDPM code does.
+        return conv3x3(x, out_ch, stride=2)
+      return updown.naive_downsample_2d(x, factor=2)
+    if not self.with_conv:
+      return updown.downsample_2d(x, self.fir_kernel, factor=2)
+    return updown.Conv2d(out_ch, kernel=3, down=True, resample_kernel=self.fir_kernel, use_bias=True,
+                         kernel_init=layers.default_init())(x)
+
+
+def _add_temb(h, temb, act, out_ch):
+  """Adds a per-channel projection of the (activated) time embedding; creates `Dense_0` when temb is given."""
+  if temb is None:
+    return h
+  proj = nn.Dense(out_ch, kernel_init=layers.default_init())(act(temb))
+  return h + proj[:, None, None, :]
+
+
+class ResnetBlockDDPMpp(nn.Module):
+  """DDPM residual block: GN, act, conv, +temb, GN, act, dropout, conv(init_scale); NIN shortcut."""
+  act: Callable[[Any], Any]
+  out_ch: Optional[int] = None
+  conv_shortcut: bool = False
+  dropout: float = 0.1
+  skip_rescale: bool = False
+  init_scale: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, temb=None, train=True):
+    c = x.shape[-1]
+    out_ch = self.out_ch if self.out_ch else c
+    h = self.act(group_norm(x))
+    h = conv3x3(h, out_ch)
+    h = _add_temb(h, temb, self.act, out_ch)
+    h = self.act(group_norm(h))
+    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = conv3x3(h, out_ch, init_scale=self.init_scale)
+    if c != out_ch:
+      x = conv3x3(x, out_ch) if self.conv_shortcut else layers.NIN(out_ch)(x)
+    return skip_sum(x, h, self.skip_rescale)
+
+
+class ResnetBlockBigGANpp(nn.Module):
+  """BigGAN residual block: resampling (FIR or naive) inside the block on both paths; 1x1 conv shortcut."""
+  act: Callable[[Any], Any]
+  up: bool = False
+  down: bool = False
+  out_ch: Optional[int] = None
+  dropout: float = 0.1
+  fir: bool = False
+  fir_kernel: Sequence[int] = (1, 3, 3, 1)
+  skip_rescale: bool = True
+  init_scale: float = 0.0
+
+  def _resample(self, x):
+    if self.up:
+      if self.fir:
+        return updown.upsample_2d(x, self.fir_kernel, factor=2)
+      return updown.naive_upsample_2d(x, factor=2)
+    if self.down:
+      if self.fir:
+        return updown.downsample_2d(x, self.fir_kernel, factor=2)
+      return updown.naive_downsample_2d(x, factor=2)
+    return x
+
+  @nn.compact
+  def __call__(self, x, temb=None, train=True):
+    if self.up and self.down:
+      raise ValueError("ResnetBlockBigGANpp cannot both upsample and downsample.")
+    c = x.shape[-1]
+    out_ch = self.out_ch if self.out_ch else c
+    h = self.act(group_norm(x))
+    h = self._resample(h)
+    x = self._resample(x)
+    h = conv3x3(h, out_ch)
+    h = _add_temb(h, temb, self.act, out_ch)
+    h = self.act(group_norm(h))
+    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = conv3x3(h, out_ch, init_scale=self.init_scale)
+    if c != out_ch or self.up or self.down:
+      x = conv1x1(x, out_ch)
+    return skip_sum(x, h, self.skip_rescale)

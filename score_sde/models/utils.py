@@ -1,0 +1,117 @@
+"""Model registry and the one boundary between a network and a score: `get_score_fn`.
+
+A score function is `score_fn(params, x, t, rng=None) -> score` with `x` of shape (B, H, W, C) and `t` of
+shape (B,). `params` is the network's parameter pytree (the `'params'` collection), or anything else a
+closed-form score wants (e.g. None). Loss, samplers, likelihood and controllable generation take only
+`(sde, score_fn)`.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_sde import sde_lib
+
+_MODELS = {}
+
+
+def register_model(cls=None, *, name=None):
+  """Class decorator: `@register_model(name='ncsnpp')`. The class needs `from_config(config)`."""
+
+  def _register(c):
+    key = name if name is not None else c.__name__
+    if key in _MODELS:
+      raise ValueError(f"A model named {key!r} is already registered ({_MODELS[key].__name__}).")
+    if not hasattr(c, "from_config"):
+      raise TypeError(f"Model {c.__name__} must define a classmethod from_config(config).")
+    _MODELS[key] = c
+    return c
+
+  return _register if cls is None else _register(cls)
+
+
+def get_model_class(name):
+  _import_all_models()
+  if name not in _MODELS:
+    raise ValueError(f"config.model.name={name!r} is not a registered model; choose one of {sorted(_MODELS)}.")
+  return _MODELS[name]
+
+
+def registered_models():
+  _import_all_models()
+  return sorted(_MODELS)
+
+
+def _import_all_models():
+  # Importing the modules runs their @register_model decorators.
+  from score_sde.models import ddpm, ncsn, ncsnpp, ncsnv2  # noqa: F401  pylint: disable=g-import-not-at-top
+
+
+def create_model(config):
+  """The flax.linen.Module named by `config.model.name`, with its fields taken from the config."""
+  return get_model_class(config.model.name).from_config(config)
+
+
+def get_sigmas(sigma_min, sigma_max, num_scales):
+  """The SMLD noise levels, **descending** (index 0 = sigma_max), as discrete VE labels index them."""
+  return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), num_scales)).astype(np.float32)
+
+
+def init_params(model, rng, shape, label_dtype=jnp.float32):
+  """Initial parameters for inputs of `shape` (B, H, W, C); returns the `'params'` collection."""
+  x = jnp.zeros(shape, jnp.float32)
+  labels = jnp.zeros(shape[:1], label_dtype)
+  variables = model.init({"params": rng, "dropout": rng}, x, labels, train=False)
+  return variables["params"]
+
+
+def get_model_fn(model, train=False):
+  """`model_fn(params, x, labels, rng=None)`: the raw network output. `rng` feeds dropout when training."""
+
+  def model_fn(params, x, labels, rng=None):
+    rngs = {"dropout": rng} if (train and rng is not None) else {}
+    return model.apply({"params": params}, x, labels, train=train, rngs=rngs)
+
+  return model_fn
+
+
+def get_score_fn(sde, model, train=False, continuous=False):
+  """Wraps a network into `score_fn(params, x, t, rng=None)` with the 2021 label/std conventions.
+
+  VP / sub-VP: the network predicts noise; score = -net / std. Labels are 999 t when continuous (always for
+  sub-VP), else t (N - 1) with std from the discrete DDPM chain.
+  VE: the network output is the score. Labels are sigma(t) when continuous, else the index
+  round((T - t)(N - 1)) into the descending sigma list.
+  """
+  model_fn = get_model_fn(model, train=train)
+
+  if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
+
+    def score_fn(params, x, t, rng=None):
+      if continuous or isinstance(sde, sde_lib.subVPSDE):
+        labels = t * 999
+        std = sde.marginal_prob(jnp.zeros_like(x), t)[1]
+      else:
+        labels = t * (sde.N - 1)
+        std = jnp.asarray(sde.sqrt_1m_alphas_cumprod)[labels.astype(jnp.int32)]
+      out = model_fn(params, x, labels, rng)
+      return -out / std[:, None, None, None]
+
+  elif isinstance(sde, sde_lib.VESDE):
+
+    def score_fn(params, x, t, rng=None):
+      if continuous:
+        labels = sde.marginal_prob(jnp.zeros_like(x), t)[1]
+      else:
+        labels = jnp.round((sde.T - t) * (sde.N - 1)).astype(jnp.int32)
+      return model_fn(params, x, labels, rng)
+
+  else:
+    raise NotImplementedError(
+        f"No network-to-score convention for SDE class {type(sde).__name__}; "
+        "add one to score_sde.models.utils.get_score_fn.")
+
+  return score_fn
+
+
+def count_params(params):
+  return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))

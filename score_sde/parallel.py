@@ -1,0 +1,42 @@
+"""Data parallelism over a device mesh: batches split over the 'data' axis, everything else replicated.
+
+The same code runs on one CPU, one GPU, all cores of a TPU host, or a multi-host pod (after
+`jax.distributed.initialize()`): each process feeds its own slice of the global batch.
+"""
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def make_mesh():
+  """A 1-D mesh over every device of every process."""
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), devices=jax.devices())
+
+
+def replicated(mesh):
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh, leading_axes=0):
+  """Shards axis `leading_axes` (the batch axis) over the mesh; axes before it (e.g. a scan axis) are whole."""
+  return NamedSharding(mesh, P(*([None] * leading_axes), DATA_AXIS))
+
+
+def global_batch(tree, sharding, batch_axis=0):
+  """Assembles each process's local slice (numpy) into one global, batch-sharded jax.Array per leaf."""
+
+  def _assemble(local):
+    local = np.asarray(local)
+    shape = list(local.shape)
+    shape[batch_axis] *= jax.process_count()
+    return jax.make_array_from_process_local_data(sharding, local, tuple(shape))
+
+  return jax.tree_util.tree_map(_assemble, tree)
+
+
+def abstract_with_sharding(tree, sharding):
+  """ShapeDtypeStructs carrying `sharding`, the restore target for a checkpoint of `tree`."""
+  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

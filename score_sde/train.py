@@ -1,0 +1,243 @@
+"""Training loop: `train(config, workdir)` trains, checkpoints, logs and samples; it resumes by itself.
+
+Sections: checks -> mesh -> model and state -> input -> compiled steps -> loop (log, eval, checkpoint,
+snapshot samples). The rng of step s is fold_in(seed rng, s) and the input of step s is a pure function of
+(seed, s), so a run killed and restarted continues exactly where it stopped.
+"""
+import os
+import queue
+import signal
+import threading
+
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+
+from score_sde import checkpointing, config_checks, datasets, image_utils, losses, parallel, sampling
+from score_sde.models import utils as mutils
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training diverged; raised before anything is written for the diverged steps."""
+
+
+# ----------------------------------------------------------------------------------------------------- checks
+def check_training_config(config):
+  t = config.training
+  n = t.n_jitted_steps
+  if n < 1:
+    raise ValueError(f"training.n_jitted_steps={n} must be >= 1.")
+  for key in ("log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption"):
+    value = t[key]
+    if value < 1 or value % n:
+      raise ValueError(f"training.{key}={value} must be a positive multiple of training.n_jitted_steps={n} "
+                       "(events happen between compiled chunks of steps).")
+  if t.n_iters < 1:
+    raise ValueError(f"training.n_iters={t.n_iters} must be >= 1.")
+
+
+def _crossed(before, after, every):
+  """Whether a multiple of `every` lies in (before, after]."""
+  return after // every > before // every
+
+
+# ------------------------------------------------------------------------------------------------------ input
+def _chunk_sizes(start, stop, n):
+  step = start
+  while step < stop:
+    k = min(n, stop - step)
+    yield k
+    step += k
+
+
+def _prefetched_chunks(iterator, sizes, sharding, scan_axis=True, depth=2):
+  """Stacks k batches per compiled call and assembles them as global sharded arrays, one chunk ahead.
+
+  A background thread does the host work (reading, stacking, host-to-device copies), so the compiled step
+  never waits on input.
+  """
+  out = queue.Queue(maxsize=depth)
+  stop = threading.Event()
+
+  def produce():
+    try:
+      for k in sizes:
+        batches = [next(iterator)["image"] for _ in range(k)]
+        local = np.stack(batches) if scan_axis else batches[0]
+        out.put(parallel.global_batch({"image": local}, sharding, batch_axis=1 if scan_axis else 0))
+        if stop.is_set():
+          return
+      out.put(None)
+    except BaseException as e:  # pylint: disable=broad-except
+      out.put(e)
+
+  thread = threading.Thread(target=produce, daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = out.get()
+      if item is None:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+
+
+# ------------------------------------------------------------------------------------------------------- loop
+class _Preemption:
+  """SIGTERM sets a flag; the loop saves a checkpoint at the next chunk boundary and exits."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(pending):
+  """Host-syncs the metrics of the chunks since the last check; raises on the first non-finite step."""
+  losses_all = []
+  for first_step, metrics in pending:
+    loss = np.asarray(metrics["loss"])
+    grad_norm = np.asarray(metrics["grad_norm"])
+    bad = ~(np.isfinite(loss) & np.isfinite(grad_norm))
+    if bad.any():
+      i = int(np.argmax(bad))
+      raise NonFiniteLossError(
+          f"non-finite training loss ({loss[i]}) or gradient norm ({grad_norm[i]}) at step {first_step + i + 1}; "
+          "training stopped and nothing was saved for it (the last checkpoint is intact). Lower optim.lr, "
+          "keep optim.grad_clip >= 0, or check the data.")
+    losses_all.append(loss)
+  pending.clear()
+  return float(np.mean(np.concatenate(losses_all))) if losses_all else None
+
+
+def train(config, workdir):
+  """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final train state."""
+  sde, model = config_checks.validate_config(config)
+  check_training_config(config)
+  t = config.training
+  h, w, c = config.data.image_size, config.data.image_size, config.data.num_channels
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+
+  # ---- mesh: batch over every device, parameters replicated
+  mesh = parallel.make_mesh()
+  repl = parallel.replicated(mesh)
+  chunk_sharding = parallel.batch_sharding(mesh, leading_axes=1)
+
+  # ---- model and state (restored if a checkpoint exists)
+  optimizer = losses.get_optimizer(config.optim)
+  label_dtype = jnp.float32 if t.continuous else jnp.int32
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, train_rng, eval_rng, sample_rng = jax.random.split(rng, 4)
+
+  def init_state(key):
+    params = mutils.init_params(model, key, (1, h, w, c), label_dtype)
+    return losses.create_train_state(params, optimizer)
+
+  abstract_state = jax.eval_shape(init_state, init_rng)
+  checkpoints = checkpointing.Checkpoints(workdir)
+  state = checkpoints.restore_latest(parallel.abstract_with_sharding(abstract_state, repl))
+  if state is None:
+    state = jax.jit(init_state, out_shardings=repl)(init_rng)
+  initial_step = int(state.step)
+  logging.info("Parameters: %d; starting at step %d of %d.", mutils.count_params(state.params), initial_step,
+               t.n_iters)
+
+  # ---- compiled steps
+  scaler = datasets.get_data_scaler(config)
+  train_step = losses.get_train_step(losses.get_loss_fn_from_config(config, sde, model, train=True), optimizer,
+                                     config.model.ema_rate)
+  eval_step = losses.get_eval_step(losses.get_loss_fn_from_config(config, sde, model, train=False))
+
+  def run_chunk(state, batches):
+    def body(state, images):
+      batch = {"image": scaler(images)}
+      return train_step(state, batch, jax.random.fold_in(train_rng, state.step))
+    return jax.lax.scan(body, state, batches["image"])
+
+  def run_eval(state, batch):
+    return eval_step(state, {"image": scaler(batch["image"])}, jax.random.fold_in(eval_rng, state.step))[1]
+
+  p_train = jax.jit(run_chunk, in_shardings=(repl, chunk_sharding), out_shardings=(repl, repl), donate_argnums=0)
+  p_eval = jax.jit(run_eval, in_shardings=(repl, parallel.batch_sharding(mesh)), out_shardings=repl)
+  sample_fn = None
+  if t.snapshot_sampling:
+    sample_shape = (t.batch_size, h, w, c)
+    score_fn = mutils.get_score_fn(sde, model, train=False, continuous=t.continuous)
+    sampler = sampling.get_sampling_fn(config, sde, score_fn, sample_shape,
+                                       datasets.get_data_inverse_scaler(config), sde.default_sampling_eps)
+    sample_fn = jax.jit(lambda key, params: sampler(key, params)[0], out_shardings=parallel.batch_sharding(mesh))
+
+  # ---- input
+  pc, pi = jax.process_count(), jax.process_index()
+  train_iter = datasets.train_iterator(config, start_step=initial_step, process_index=pi, process_count=pc)
+  eval_iter = datasets.eval_iterator(config, "test", process_index=pi, process_count=pc, repeat=True,
+                                     batch_size=t.batch_size)
+  chunks = _prefetched_chunks(train_iter, _chunk_sizes(initial_step, t.n_iters, t.n_jitted_steps), chunk_sharding)
+
+  # ---- logging
+  writer = metric_writers.create_default_writer(os.path.join(workdir, "tensorboard"), just_logging=not is_main)
+  report_progress = periodic_actions.ReportProgress(num_train_steps=t.n_iters, writer=writer)
+
+  def write_samples(step, params):
+    samples = sample_fn(jax.random.fold_in(sample_rng, step), params)
+    samples = np.asarray(multihost_utils.process_allgather(samples, tiled=True))
+    if is_main:
+      folder = os.path.join(workdir, "samples", f"iter_{step}")
+      os.makedirs(folder, exist_ok=True)
+      images = image_utils.to_uint8(samples)
+      np.savez_compressed(os.path.join(folder, "samples.npz"), samples=images)
+      image_utils.save_grid(images, os.path.join(folder, "samples.png"), scale=4 if h <= 32 else 1)
+      logging.info("Step %d: samples written to %s", step, folder)
+
+  # ---- loop
+  step, pending = initial_step, []
+  with _Preemption() as preemption:
+    try:
+      for batches in chunks:
+        state, metrics = p_train(state, batches)
+        k = int(metrics["loss"].shape[0])
+        new_step = step + k
+        pending.append((step, metrics))
+        report_progress(new_step)
+        last = new_step == t.n_iters
+        if _crossed(step, new_step, t.log_freq) or last:
+          writer.write_scalars(new_step, {"train_loss": _check_finite(pending)})
+        if _crossed(step, new_step, t.eval_freq):
+          eval_batch = parallel.global_batch({"image": next(eval_iter)["image"]}, parallel.batch_sharding(mesh))
+          writer.write_scalars(new_step, {"eval_loss": float(p_eval(state, eval_batch)["loss"])})
+        snapshot = _crossed(step, new_step, t.snapshot_freq) or last
+        preempt_save = _crossed(step, new_step, t.snapshot_freq_for_preemption) or preemption.requested
+        if snapshot or preempt_save:
+          _check_finite(pending)  # never write a checkpoint of diverged parameters
+          checkpoints.save(new_step, state, snapshot=snapshot)
+          if snapshot and sample_fn is not None:
+            write_samples(new_step, state.ema_params)
+        step = new_step
+        if preemption.requested:
+          logging.warning("SIGTERM: checkpoint saved at step %d; exiting.", step)
+          break
+    finally:
+      checkpoints.wait()
+      checkpoints.close()
+      writer.flush()
+  return state

@@ -1,0 +1,29 @@
+"""Installable package for score_sde: score-based generative modeling through SDEs, in modern JAX."""
+from setuptools import find_packages, setup
+
+setup(
+    name="score_sde",
+    version="0.1.0",
+    description="Score-based generative modeling through SDEs (Song et al. 2021) and DDPM (Ho et al. 2020) in JAX/Flax",
+    python_requires=">=3.10",
+    packages=find_packages(include=["score_sde", "score_sde.*", "configs", "configs.*"]),
+    install_requires=[
+        "jax>=0.7,<0.11",
+        "flax>=0.11,<0.13",
+        "optax>=0.2.5,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "clu>=0.0.12,<0.1",
+        "tensorboard>=2.17,<2.22",
+        "tensorflow-cpu>=2.17,<2.22",
+        "tensorflow-datasets>=4.9.7,<4.10",
+        "ml-collections>=1.0,<1.2",
+        "absl-py>=2.1,<3",
+        "numpy>=1.26,<3",
+        "scipy>=1.13,<2",
+        "scikit-learn>=1.5,<2",
+        "pillow>=10,<14",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4"],
+    },
+)
