@@ -43,8 +43,10 @@ class TrainState:
 
 
 def create_train_state(params, optimizer):
+  # The EMA starts at the initial parameters, in buffers of its own so that the state can be donated.
+  ema_params = jax.tree_util.tree_map(lambda p: jnp.array(p, copy=True), params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                    ema_params=params)
+                    ema_params=ema_params)
 
 
 # --------------------------------------------------------------------------------------------------- losses

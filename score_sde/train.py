@@ -157,7 +157,7 @@ def train(config, workdir):
   checkpoints = checkpointing.Checkpoints(workdir)
   state = checkpoints.restore_latest(parallel.abstract_with_sharding(abstract_state, repl))
   if state is None:
-    state = jax.jit(init_state, out_shardings=repl)(init_rng)
+    state = mutils.compile_once(init_state, init_rng, out_shardings=repl)
   initial_step = int(state.step)
   logging.info("Parameters: %d; starting at step %d of %d.", mutils.count_params(state.params), initial_step,
                t.n_iters)

@@ -64,6 +64,17 @@ def init_params(model, rng, shape, label_dtype=jnp.float32):
   return variables["params"]
 
 
+# Initialisers run once: compiling them without LLVM optimisations is ~8x faster on CPU (threefry expands
+# into many ops per parameter) and costs nothing that matters.
+FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def compile_once(fn, *args, out_shardings=None):
+  """Runs `fn(*args)` jit-compiled with FAST_COMPILE_OPTIONS: for one-off work such as initialisation."""
+  jitted = jax.jit(fn, out_shardings=out_shardings)
+  return jitted.lower(*args).compile(compiler_options=FAST_COMPILE_OPTIONS)(*args)
+
+
 def get_model_fn(model, train=False):
   """`model_fn(params, x, labels, rng=None)`: the raw network output. `rng` feeds dropout when training."""
 

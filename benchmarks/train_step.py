@@ -1,0 +1,111 @@
+"""Speed of the compiled train step (loss, gradients, clipping, Adam, EMA), the input pipeline, and FLOP/s.
+
+  python benchmarks/train_step.py --config configs/vp/cifar10_ddpmpp_continuous.py --batch 8
+  python benchmarks/train_step.py --config configs/vp/cifar10_ddpmpp_continuous.py --small --batch 32
+
+`--small` is the issue's reference network: DDPM++ with nf=32, ch_mult (1,2,2), 1 res block, attention at 8,
+16x16x3 (1,260,547 parameters). Prints the median and spread of several timed steps after warm-up, the
+step's FLOPs from XLA's cost analysis divided by its time, and this machine's large-matmul FLOP/s.
+
+This VM backs memory lazily and returns freed memory to the OS, which makes timings jump; run with
+  MALLOC_MMAP_THRESHOLD_=1000000000000 MALLOC_TRIM_THRESHOLD_=1000000000000
+(glibc keeps freed memory mapped) for stable numbers.
+"""
+import argparse
+import importlib.util
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_sde import config_checks, losses
+from score_sde.models import utils as mutils
+
+
+def load_config(path):
+  spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def timed(fn, repeats):
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return np.array(times)
+
+
+def matmul_flops(n=4096, repeats=5):
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(f(a))
+  return 2 * n ** 3 / np.median(timed(lambda: f(a), repeats))
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--config", default="configs/vp/cifar10_ddpmpp_continuous.py")
+  parser.add_argument("--batch", type=int, default=None)
+  parser.add_argument("--small", action="store_true")
+  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--data", action="store_true", help="also time the input pipeline alone")
+  args = parser.parse_args()
+
+  config = load_config(args.config)
+  if args.small:
+    config.data.image_size = 16
+    config.model.update(nf=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,))
+  if args.batch:
+    config.training.batch_size = args.batch
+  sde, model = config_checks.validate_config(config)
+  b, s, c = config.training.batch_size, config.data.image_size, config.data.num_channels
+  optimizer = losses.get_optimizer(config.optim)
+  label_dtype = jnp.float32 if config.training.continuous else jnp.int32
+  params = mutils.compile_once(lambda k: mutils.init_params(model, k, (1, s, s, c), label_dtype), jax.random.PRNGKey(0))
+  state = losses.create_train_state(params, optimizer)
+  step = losses.get_train_step(losses.get_loss_fn_from_config(config, sde, model, train=True), optimizer,
+                               config.model.ema_rate)
+  p_step = jax.jit(step, donate_argnums=0)
+  batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (b, s, s, c))}
+  rng = jax.random.PRNGKey(2)
+
+  start = time.perf_counter()
+  compiled = p_step.lower(state, batch, rng).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", float("nan")))
+
+  holder = [state]
+
+  def one_step():
+    holder[0], metrics = compiled(holder[0], batch, rng)
+    return metrics["loss"]
+
+  timed(one_step, 3)  # warm-up: first touches of memory are slow on this VM
+  times = timed(one_step, args.repeats)
+  median = float(np.median(times))
+  print(f"config={args.config}{' (small)' if args.small else ''} batch={b} image={s}x{s}x{c} "
+        f"params={mutils.count_params(params):,} devices={jax.device_count()} backend={jax.default_backend()}")
+  print(f"compile: {compile_s:.1f} s")
+  print(f"train step: median {median * 1e3:.1f} ms (min {times.min() * 1e3:.1f}, max {times.max() * 1e3:.1f}, "
+        f"n={len(times)}) -> {1 / median:.2f} steps/s, {b / median:.1f} images/s")
+  print(f"step FLOPs (XLA cost analysis): {flops / 1e9:.2f} GFLOP -> {flops / median / 1e9:.1f} GFLOP/s")
+  print(f"machine matmul (4096^2 f32): {matmul_flops() / 1e9:.1f} GFLOP/s")
+  if args.data:
+    from score_sde import datasets  # pylint: disable=g-import-not-at-top
+    it = datasets.train_iterator(config)
+    next(it)
+    n = 20
+    start = time.perf_counter()
+    for _ in range(n):
+      next(it)
+    print(f"input pipeline alone: {n * b / (time.perf_counter() - start):.0f} images/s")
+
+
+if __name__ == "__main__":
+  main()
