@@ -3,9 +3,11 @@
   python main.py --config configs/vp/digits.py --mode train --workdir runs/digits_vp
   python main.py --config configs/vp/cifar10.py --mode eval --workdir runs/cifar10_vp --config.eval.enable_bpd=True
 """
+import logging
 import sys
 
 from absl import app
+from absl import logging as absl_logging
 from absl import flags
 from ml_collections import config_flags
 
@@ -18,9 +20,17 @@ flags.DEFINE_string("eval_folder", "eval", "Folder under workdir for evaluation 
 flags.mark_flags_as_required(["config", "workdir", "mode"])
 
 
+class _QuietLibraries(logging.Filter):
+  """Keeps Orbax's per-file INFO chatter off the console; warnings and errors still show."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
   from score_sde import run_lib  # pylint: disable=g-import-not-at-top  (keeps --help fast)
   try:
     run_lib.MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir, FLAGS.eval_folder)

@@ -20,6 +20,7 @@ setup(
         "absl-py>=2.1,<3",
         "numpy>=1.26,<3",
         "scipy>=1.13,<2",
+        "diffrax>=0.7.2,<0.8",
         "scikit-learn>=1.5,<2",
         "pillow>=10,<14",
     ],

@@ -33,10 +33,13 @@ class Checkpoints:
   def __init__(self, workdir, async_save=True):
     self.workdir = os.path.abspath(workdir)
     options = dict(create=True, cleanup_tmp_directories=True, enable_async_checkpointing=async_save)
+    # The handler is named up front so that a fresh process can read metadata before any save.
     self.snapshots = ocp.CheckpointManager(os.path.join(self.workdir, "checkpoints"),
-                                           options=ocp.CheckpointManagerOptions(**options))
+                                           options=ocp.CheckpointManagerOptions(**options),
+                                           item_handlers=ocp.StandardCheckpointHandler())
     self.preemption = ocp.CheckpointManager(os.path.join(self.workdir, "checkpoints-meta"),
-                                            options=ocp.CheckpointManagerOptions(max_to_keep=1, **options))
+                                            options=ocp.CheckpointManagerOptions(max_to_keep=1, **options),
+                                            item_handlers=ocp.StandardCheckpointHandler())
 
   def latest(self):
     """(manager, step) of the newest complete checkpoint, or (None, None)."""
@@ -55,6 +58,8 @@ class Checkpoints:
     where = os.path.join(str(manager.directory), str(step))
     try:
       saved = _shapes(manager.item_metadata(step))
+      if not saved:
+        raise ValueError("no arrays in its metadata")
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f"checkpoint {where} is unreadable ({type(e).__name__}: {e}); move it out of the "
                             "workdir to start over, or restore a backup.") from e

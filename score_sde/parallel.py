@@ -12,8 +12,13 @@ DATA_AXIS = "data"
 
 
 def make_mesh():
-  """A 1-D mesh over every device of every process."""
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), devices=jax.devices())
+  """A 1-D mesh over every device of every process.
+
+  Axis type Auto: XLA propagates the batch sharding through the networks (explicit sharding would ask every
+  reshape inside them to name its output sharding).
+  """
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices())
 
 
 def replicated(mesh):

@@ -22,7 +22,6 @@ report the solver's evaluations (from diffrax's step statistics, or scipy's `nfe
 the one extra evaluation of the optional denoising step is not included.
 """
 import abc
-import functools
 
 import diffrax
 import jax
@@ -228,8 +227,9 @@ def _batch_mean_norm(v):
 class _LangevinBase(Corrector):
   """x_mean = x + eps_i s(x, t), x = x_mean + sqrt(2 eps_i) z, repeated n_steps times at the same t."""
 
+  @abc.abstractmethod
   def step_size(self, x, t, grad, noise):
-    raise NotImplementedError
+    """eps_i / alpha_i for this iteration: a (B,) vector (alpha_i = sde.corrector_alpha(t) is applied after)."""
 
   def update_fn(self, rng, params, x, t):
     alpha = self.sde.corrector_alpha(t)
@@ -300,7 +300,8 @@ def get_pc_sampler(sde, score_fn, shape, predictor, corrector, inverse_scaler, s
     eps: the final time; times are linspace(T, eps, N).
 
   Returns:
-    A jit-compiled `sampler(rng, params) -> (samples, nfe)`; nfe counts score evaluations:
+    A jit-compiled `sampler(rng, params, z=None) -> (samples, nfe)`; z, if given, replaces the prior
+    sample at T (e.g. to compare with the ODE sampler from the same latent). nfe counts score evaluations:
     N * (predictor.evals_per_step + corrector.evals_per_step) (see the module docstring).
   """
   del continuous
@@ -308,9 +309,9 @@ def get_pc_sampler(sde, score_fn, shape, predictor, corrector, inverse_scaler, s
   corrector_obj = get_corrector(corrector)(sde, score_fn, snr, n_steps)
   nfe = sde.N * (predictor_obj.evals_per_step + corrector_obj.evals_per_step)
 
-  def sampler(rng, params):
+  def sampler(rng, params, z=None):
     rng, prior_rng = jax.random.split(rng)
-    x = sde.prior_sampling(prior_rng, shape)
+    x = sde.prior_sampling(prior_rng, shape) if z is None else jnp.asarray(z)
     timesteps = jnp.linspace(sde.T, eps, sde.N)
 
     def body(i, carry):
@@ -371,7 +372,7 @@ def _solve_flow(sde, score_fn, params, x, t0, t1, rtol, atol, method, max_steps)
   """Integrates the probability flow from t0 to t1 (either direction) inside jit. Returns (x(t1), nfe)."""
   solver_cls, evals_per_step, init_evals = _ode_method(method)
   term = diffrax.ODETerm(lambda t, y, p: _flow_drift(sde, score_fn, p, y, t))
-  # An explicit first step (1% of the interval, diffrax's own choice for reversed time) keeps the NFE
+  # An explicit first step (1% of the interval, what diffrax 0.7 picks itself for reversed time) keeps the NFE
   # formula exact: with dt0=None diffrax would spend two uncounted evaluations choosing one.
   sol = diffrax.diffeqsolve(
       term, solver_cls(), t0=t0, t1=t1, dt0=0.01 * (t1 - t0), y0=x, args=params,
@@ -391,7 +392,9 @@ def get_ode_sampler(sde, score_fn, shape, inverse_scaler, denoise=False, rtol=1e
 
   Returns:
     `sampler(rng, params, z=None) -> (samples, nfe)`: z, if given, is the latent at T (shape `shape`);
-    otherwise it is drawn from the prior with rng. nfe is the solver's number of score evaluations.
+    otherwise it is drawn from the prior with rng. nfe is the solver's number of score evaluations. The
+    whole batch is one ODE (one step size, RMS error norm over all of it, as in the 2021 code); a solve
+    needing more than max_steps steps raises an error instead of returning a truncated sample.
   """
   if str(method).lower() == _SCIPY_METHOD:
     return get_ode_sampler_scipy(sde, score_fn, shape, inverse_scaler, denoise=denoise, rtol=rtol,
@@ -399,7 +402,7 @@ def get_ode_sampler(sde, score_fn, shape, inverse_scaler, denoise=False, rtol=1e
   _ode_method(method)  # fail fast on an unknown name
 
   def sampler(rng, params, z=None):
-    x = sde.prior_sampling(rng, shape) if z is None else jnp.asarray(z, jnp.float32)
+    x = sde.prior_sampling(rng, shape) if z is None else jnp.asarray(z)
     x, nfe = _solve_flow(sde, score_fn, params, x, sde.T, eps, rtol, atol, method, max_steps)
     if denoise:
       x = _denoise_step(sde, score_fn, params, x, eps)
@@ -433,7 +436,7 @@ def get_ode_sampler_scipy(sde, score_fn, shape, inverse_scaler, denoise=False, r
   prior_fn = jax.jit(lambda rng: sde.prior_sampling(rng, shape))
 
   def sampler(rng, params, z=None):
-    x = prior_fn(rng) if z is None else jnp.asarray(z, jnp.float32)
+    x = prior_fn(rng) if z is None else jnp.asarray(z)
 
     def fun(t, y):
       x_t = jnp.asarray(y.reshape(shape), jnp.float32)

@@ -64,3 +64,11 @@ def test_bad_configs_fail_before_any_compile():
   config.training.sde = "subvpsde"
   with pytest.raises(ValueError, match="training.continuous=False is defined for"):
     config_checks.validate_config(config, num_devices=1)
+
+
+@pytest.mark.parametrize("name", ["ve/ncsnv2/cifar10.py", "ve/ncsn/cifar10.py"])
+def test_refinenets_reject_continuous_labels(name):
+  _, config = load(ROOT / "configs" / name)
+  config.training.continuous = True
+  with pytest.raises(ValueError, match="takes integer noise-level labels"):
+    config_checks.validate_config(config, num_devices=1)

@@ -109,6 +109,9 @@ class RefineNetBase(nn.Module):
   def from_config(cls, config):
     """Builds the network from `config.model` / `config.data`, rejecting settings it cannot honour."""
     m, d = config.model, config.data
+    if config.get("training", {}).get("continuous", False):
+      raise ValueError(f"model.name={cls.registry_name!r} takes integer noise-level labels: set "
+                       "training.continuous=False (SMLD training), or use model.name='ncsnpp'.")
     kwargs = dict(nf=int(m.nf), nonlinearity=m.nonlinearity, centered=bool(d.centered),
                   scale_by_sigma=bool(m.get("scale_by_sigma", cls.DEFAULT_SCALE_BY_SIGMA)),
                   sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max), num_scales=int(m.num_scales),
