@@ -168,11 +168,21 @@ def train(config, workdir):
                                      config.model.ema_rate)
   eval_step = losses.get_eval_step(losses.get_loss_fn_from_config(config, sde, model, train=False))
 
+  # XLA:CPU runs a train step inside a while loop (lax.scan) or on a dynamically sliced batch ~40x slower
+  # (digits model: 17 s vs 0.45 s per step), so on CPU the chunk is unrolled at trace time instead.
+  unroll_chunks = jax.default_backend() == "cpu"
+
+  def body(state, images):
+    return train_step(state, {"image": scaler(images)}, jax.random.fold_in(train_rng, state.step))
+
   def run_chunk(state, batches):
-    def body(state, images):
-      batch = {"image": scaler(images)}
-      return train_step(state, batch, jax.random.fold_in(train_rng, state.step))
-    return jax.lax.scan(body, state, batches["image"])
+    if not unroll_chunks:
+      return jax.lax.scan(body, state, batches["image"])
+    metrics = []
+    for images in batches["image"]:  # static slices, traced k times into the one compiled call
+      state, m = body(state, images)
+      metrics.append(m)
+    return state, jax.tree_util.tree_map(lambda *m: jnp.stack(m), *metrics)
 
   def run_eval(state, batch):
     return eval_step(state, {"image": scaler(batch["image"])}, jax.random.fold_in(eval_rng, state.step))[1]

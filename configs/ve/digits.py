@@ -19,5 +19,4 @@ def get_config():
   config.data.centered = False
   config.model.sigma_max = 10.0
   config.model.scale_by_sigma = True
-  config.model.ema_rate = 0.999
   return config

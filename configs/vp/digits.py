@@ -19,5 +19,4 @@ def get_config():
   config.sampling.corrector = "none"
   config.data.centered = True
   config.model.scale_by_sigma = False
-  config.model.ema_rate = 0.999
   return config
