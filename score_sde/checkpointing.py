@@ -7,6 +7,7 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 def _path_str(path):
@@ -31,7 +32,7 @@ class Checkpoints:
   """`workdir/checkpoints` keeps every snapshot; `workdir/checkpoints-meta` keeps the latest preemption one."""
 
   def __init__(self, workdir, async_save=True):
-    self.workdir = os.path.abspath(workdir)
+    self.workdir = str(epath.Path(workdir).resolve()) if "://" not in str(workdir) else str(workdir)
     options = dict(create=True, cleanup_tmp_directories=True, enable_async_checkpointing=async_save)
     # The handler is named up front so that a fresh process can read metadata before any save.
     self.snapshots = ocp.CheckpointManager(os.path.join(self.workdir, "checkpoints"),

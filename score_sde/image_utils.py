@@ -25,11 +25,11 @@ def make_grid(images, nrow=None, padding=2, pad_value=255):
 
 
 def save_grid(images, path, nrow=None, scale=1):
-  """Writes a PNG grid of uint8 images; `scale` enlarges small images (nearest) for viewing."""
+  """Writes a PNG grid of uint8 images to a path or open file; `scale` enlarges small images for viewing."""
   grid = make_grid(images, nrow)
   if grid.shape[-1] == 1:
     grid = grid[..., 0]
   image = Image.fromarray(grid)
   if scale > 1:
     image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-  image.save(path)
+  image.save(path, format="PNG")

@@ -14,6 +14,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 from clu import metric_writers
 from clu import periodic_actions
 
@@ -136,7 +137,7 @@ def train(config, workdir):
   t = config.training
   h, w, c = config.data.image_size, config.data.image_size, config.data.num_channels
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs:// (TPU pods write to a bucket)
 
   # ---- mesh: batch over every device, parameters replicated
   mesh = parallel.make_mesh()
@@ -212,11 +213,13 @@ def train(config, workdir):
     samples = sample_fn(jax.random.fold_in(sample_rng, step), params)
     samples = np.asarray(multihost_utils.process_allgather(samples, tiled=True))
     if is_main:
-      folder = os.path.join(workdir, "samples", f"iter_{step}")
-      os.makedirs(folder, exist_ok=True)
+      folder = epath.Path(workdir) / "samples" / f"iter_{step}"
+      folder.mkdir(parents=True, exist_ok=True)
       images = image_utils.to_uint8(samples)
-      np.savez_compressed(os.path.join(folder, "samples.npz"), samples=images)
-      image_utils.save_grid(images, os.path.join(folder, "samples.png"), scale=4 if h <= 32 else 1)
+      with (folder / "samples.npz").open("wb") as f:
+        np.savez_compressed(f, samples=images)
+      with (folder / "samples.png").open("wb") as f:
+        image_utils.save_grid(images, f, scale=4 if h <= 32 else 1)
       logging.info("Step %d: samples written to %s", step, folder)
 
   # ---- loop

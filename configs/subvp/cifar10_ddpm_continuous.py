@@ -2,18 +2,10 @@
 
   python main.py --config configs/subvp/cifar10_ddpm_continuous.py --mode train --workdir runs/subvp/cifar10_ddpm_continuous
 """
-from configs import archs
-from configs.default_cifar10_configs import get_default_configs
+from configs.vp.ddpm.cifar10_continuous import get_config as _base_config
 
 
 def get_config():
-  config = archs.ddpm(get_default_configs())
+  config = _base_config()
   config.training.sde = "subvpsde"
-  config.training.continuous = True
-  config.training.reduce_mean = True
-  config.sampling.predictor = "euler_maruyama"
-  config.sampling.corrector = "none"
-  config.data.centered = True
-  config.model.scale_by_sigma = False
-  config.model.ema_rate = 0.9999
   return config

@@ -2,19 +2,10 @@
 
   python main.py --config configs/subvp/cifar10_ddpmpp_deep_continuous.py --mode train --workdir runs/subvp/cifar10_ddpmpp_deep_continuous
 """
-from configs import archs
-from configs.default_cifar10_configs import get_default_configs
+from configs.vp.cifar10_ddpmpp_deep_continuous import get_config as _base_config
 
 
 def get_config():
-  config = archs.ddpmpp(get_default_configs(), num_res_blocks=8)
+  config = _base_config()
   config.training.sde = "subvpsde"
-  config.training.continuous = True
-  config.training.reduce_mean = True
-  config.sampling.predictor = "euler_maruyama"
-  config.sampling.corrector = "none"
-  config.data.centered = True
-  config.model.scale_by_sigma = False
-  config.model.ema_rate = 0.9999
-  config.training.n_iters = 950001
   return config

@@ -2,19 +2,11 @@
 
   python main.py --config configs/ve/church_ncsnpp_continuous.py --mode train --workdir runs/ve/church_ncsnpp_continuous
 """
-from configs import archs
-from configs.default_lsun_configs import get_default_configs
+from configs.ve.bedroom_ncsnpp_continuous import get_config as _base_config
 
 
 def get_config():
-  config = archs.ncsnpp_256(get_default_configs())
-  config.training.sde = "vesde"
-  config.training.continuous = True
-  config.sampling.predictor = "reverse_diffusion"
-  config.sampling.corrector = "langevin"
-  config.data.dataset = "LSUN"
+  config = _base_config()
   config.data.category = "church_outdoor"
   config.model.sigma_max = 380.0
-  config.model.scale_by_sigma = True
-  config.model.ema_rate = 0.999
   return config

@@ -143,7 +143,7 @@ class ResnetBlockDDPMpp(nn.Module):
     h = conv3x3(h, out_ch)
     h = _add_temb(h, temb, self.act, out_ch)
     h = self.act(group_norm(h))
-    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = layers.Dropout(self.dropout)(h, deterministic=not train)
     h = conv3x3(h, out_ch, init_scale=self.init_scale)
     if c != out_ch:
       x = conv3x3(x, out_ch) if self.conv_shortcut else layers.NIN(out_ch)(x)
@@ -185,7 +185,7 @@ class ResnetBlockBigGANpp(nn.Module):
     h = conv3x3(h, out_ch)
     h = _add_temb(h, temb, self.act, out_ch)
     h = self.act(group_norm(h))
-    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = layers.Dropout(self.dropout)(h, deterministic=not train)
     h = conv3x3(h, out_ch, init_scale=self.init_scale)
     if c != out_ch or self.up or self.down:
       x = conv1x1(x, out_ch)

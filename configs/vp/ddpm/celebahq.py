@@ -1,24 +1,12 @@
-"""DDPM (discrete), CelebA-HQ 256x256 (TFRecords): the DDPM paper's 256px model (lr 2e-5, ch_mult (1,1,2,2,4,4), no dropout).
+"""DDPM (discrete), CelebA-HQ 256x256 from TFRecords: the DDPM paper's 256px model (lr 2e-5, ch_mult (1,1,2,2,4,4), no dropout).
 
   python main.py --config configs/vp/ddpm/celebahq.py --mode train --workdir runs/vp/ddpm/celebahq
 """
-from configs import archs
-from configs.default_lsun_configs import get_default_configs
+from configs.vp.ddpm.bedroom import get_config as _base_config
 
 
 def get_config():
-  config = archs.ddpm(get_default_configs())
-  config.training.sde = "vpsde"
-  config.training.continuous = False
-  config.training.reduce_mean = True
-  config.sampling.predictor = "ancestral_sampling"
-  config.sampling.corrector = "none"
+  config = _base_config()
   config.data.dataset = "CelebAHQ"
   config.data.tfrecords_path = ""  # set to the folder of *.tfrecords
-  config.data.centered = True
-  config.model.ch_mult = (1, 1, 2, 2, 4, 4)
-  config.model.dropout = 0.0
-  config.model.scale_by_sigma = False
-  config.model.ema_rate = 0.9999
-  config.optim.lr = 2e-5
   return config

@@ -1,0 +1,100 @@
+"""Interleaved A/B timing of train-step variants in one process (robust to a noisy, shared machine).
+
+  python benchmarks/ab_step.py --small --batch 32 --repeats 20 \
+      '{"lax": {"set": {"score_sde.models.layers.CONV_IMPL": "lax"}}, "default": {}}'
+
+Each variant is {"set": {"module.attr": value}, "opts": {XLA compiler option: value}, "cfg": {"model.key": v}}:
+`set` assigns module attributes before the step is traced (a string "py:EXPR" is evaluated, with `nn`
+= flax.linen, `layers` = score_sde.models.layers and `fast_dropout` = the original layers.Dropout in scope; assignments persist into later variants, so
+give every variant all the attributes you vary), `opts` are per-compile XLA options (the same names as
+XLA_FLAGS, e.g. "xla_cpu_experimental_ynn_fusion_type"), `cfg` overrides config fields. All variants are
+compiled first, then timed round-robin, so that background load hits them alike. Prints each variant's
+first-step loss and grad norm (a quick numerics check) and its median / min / max step time.
+Run with MALLOC_MMAP_THRESHOLD_=1000000000000 MALLOC_TRIM_THRESHOLD_=1000000000000 (see train_step.py).
+"""
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+
+import flax.linen as nn  # noqa: F401  (for "py:" values)
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.train_step import load_config  # noqa: E402  pylint: disable=wrong-import-position
+from score_sde import config_checks, losses  # noqa: E402  pylint: disable=wrong-import-position
+from score_sde.models import layers  # noqa: E402,F401  pylint: disable=wrong-import-position
+from score_sde.models import utils as mutils  # noqa: E402  pylint: disable=wrong-import-position
+
+fast_dropout = layers.Dropout  # the repo's Dropout, kept under a name that "set" cannot overwrite
+
+
+def build(args, cfg_overrides):
+  config = load_config(args.config)
+  if args.small:
+    config.data.image_size = 16
+    config.model.update(nf=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,))
+  if args.batch:
+    config.training.batch_size = args.batch
+  for key, value in cfg_overrides.items():
+    section, name = key.split(".")
+    setattr(getattr(config, section), name, value)
+  sde, model = config_checks.validate_config(config)
+  b, s, c = config.training.batch_size, config.data.image_size, config.data.num_channels
+  optimizer = losses.get_optimizer(config.optim)
+  label_dtype = jnp.float32 if config.training.continuous else jnp.int32
+  params = mutils.compile_once(lambda k: mutils.init_params(model, k, (1, s, s, c), label_dtype),
+                               jax.random.PRNGKey(0))
+  state = losses.create_train_state(params, optimizer)
+  step = losses.get_train_step(losses.get_loss_fn_from_config(config, sde, model, train=True), optimizer,
+                               config.model.ema_rate)
+  batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (b, s, s, c))}
+  return jax.jit(step, donate_argnums=0), state, batch
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("variants", help="JSON: {name: {set: {...}, opts: {...}, cfg: {...}}}")
+  parser.add_argument("--config", default="configs/vp/cifar10_ddpmpp_continuous.py")
+  parser.add_argument("--batch", type=int, default=None)
+  parser.add_argument("--small", action="store_true")
+  parser.add_argument("--repeats", type=int, default=15)
+  args = parser.parse_args()
+
+  rng = jax.random.PRNGKey(2)
+  compiled, states, batches = {}, {}, {}
+  for name, spec in json.loads(args.variants).items():
+    for key, value in spec.get("set", {}).items():
+      module, attr = key.rsplit(".", 1)
+      if isinstance(value, str) and value.startswith("py:"):
+        value = eval(value[3:])  # pylint: disable=eval-used
+      setattr(importlib.import_module(module), attr, value)
+    step, state, batch = build(args, spec.get("cfg", {}))
+    start = time.perf_counter()
+    compiled[name] = step.lower(state, batch, rng).compile(compiler_options=spec.get("opts") or None)
+    print(f"{name}: compile {time.perf_counter() - start:.1f} s", flush=True)
+    states[name], metrics = compiled[name](state, batch, rng)
+    batches[name] = batch
+    print(f"{name}: loss {float(metrics['loss']):.7g} grad_norm {float(metrics['grad_norm']):.7g}", flush=True)
+  times = {name: [] for name in compiled}
+  for name in compiled:  # warm-up
+    for _ in range(2):
+      states[name], metrics = compiled[name](states[name], batches[name], rng)
+      jax.block_until_ready(metrics)
+  for _ in range(args.repeats):
+    for name in compiled:
+      start = time.perf_counter()
+      states[name], metrics = compiled[name](states[name], batches[name], rng)
+      jax.block_until_ready(metrics)
+      times[name].append(time.perf_counter() - start)
+  for name, t in times.items():
+    t = np.array(t) * 1e3
+    print(f"{name:24s} median {np.median(t):8.1f} ms  min {t.min():8.1f}  max {t.max():8.1f}  (n={len(t)})")
+
+
+if __name__ == "__main__":
+  main()

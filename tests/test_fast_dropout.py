@@ -1,0 +1,26 @@
+"""layers.Dropout draws exactly nn.Dropout's masks (bit for bit), so the dropout stream matches Flax's."""
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from score_sde.models import layers
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 5, 7, 3), (4, 8, 8, 16)])
+@pytest.mark.parametrize("keep", [0.9, 0.5, 0.123])
+def test_keep_mask_equals_jax_bernoulli(shape, keep):
+  for key in (jax.random.PRNGKey(0), jax.random.PRNGKey(123), jax.random.key(7)):
+    expected = jax.random.bernoulli(key, keep, shape)
+    np.testing.assert_array_equal(layers.bernoulli_keep_mask(key, keep, shape), expected)
+    np.testing.assert_array_equal(jax.jit(layers.bernoulli_keep_mask, static_argnums=(1, 2))(key, keep, shape),
+                                  expected)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.3])
+def test_dropout_module_equals_flax_dropout(rate):
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 16))
+  rngs = {"dropout": jax.random.PRNGKey(5)}
+  expected = nn.Dropout(rate).apply({}, x, deterministic=False, rngs=rngs)
+  np.testing.assert_array_equal(layers.Dropout(rate).apply({}, x, deterministic=False, rngs=rngs), expected)
+  np.testing.assert_array_equal(layers.Dropout(rate).apply({}, x, deterministic=True), x)
