@@ -23,6 +23,7 @@ setup(
         "diffrax>=0.7.2,<0.8",
         "scikit-learn>=1.5,<2",
         "pillow>=10,<14",
+        "tqdm>=4.60,<5",
     ],
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4"],

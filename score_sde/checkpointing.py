@@ -56,6 +56,17 @@ class Checkpoints:
     manager, step = self.latest()
     if manager is None:
       return None
+    return self._restore(manager, step, abstract_state)
+
+  def restore_step(self, step, abstract_state):
+    """The checkpoint of `step` (a kept snapshot, or the preemption one); a clear error if there is none."""
+    for manager in (self.snapshots, self.preemption):
+      if step in manager.all_steps():
+        return self._restore(manager, step, abstract_state)
+    steps = sorted(set(self.snapshots.all_steps()) | set(self.preemption.all_steps()))
+    raise CheckpointError(f"no checkpoint of step {step} in {self.workdir}; available steps: {steps}.")
+
+  def _restore(self, manager, step, abstract_state):
     where = os.path.join(str(manager.directory), str(step))
     try:
       saved = _shapes(manager.item_metadata(step))

@@ -17,8 +17,8 @@ def evaluate(config, workdir, eval_folder="eval"):
 
 
 def sample(config, workdir, eval_folder="eval"):
-  config_checks.validate_config(config)
-  raise NotAvailableError(f"--mode sample is not available yet (workdir {workdir} left untouched).")
+  from score_sde import generate  # pylint: disable=g-import-not-at-top
+  return generate.sample(config, workdir, eval_folder)
 
 
 def compute_stats(config, workdir):

@@ -1,0 +1,91 @@
+"""`--mode sample`: draws `eval.num_samples` images from a checkpoint's EMA parameters, in resumable rounds.
+
+Round r uses rng fold_in(seed, r) and is written as `<workdir>/<eval_folder>/samples/step_<s>/samples_<r>.npz`
+(uint8) plus a PNG grid; a finished round is never redone, so an interrupted run picks up where it stopped and
+produces the same files.
+"""
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+import tqdm
+
+from score_sde import checkpointing, config_checks, datasets, image_utils, losses, parallel, sampling
+from score_sde.models import utils as mutils
+
+
+def restore_ema_params(config, workdir, model, mesh):
+  """(step, EMA parameters) of `eval.ckpt_id` (a checkpoint step; -1 = the newest checkpoint)."""
+  h, c = config.data.image_size, config.data.num_channels
+  optimizer = losses.get_optimizer(config.optim)
+  label_dtype = jnp.float32 if config.training.continuous else jnp.int32
+  abstract = jax.eval_shape(
+      lambda k: losses.create_train_state(mutils.init_params(model, k, (1, h, h, c), label_dtype), optimizer),
+      jax.random.PRNGKey(0))
+  abstract = parallel.abstract_with_sharding(abstract, parallel.replicated(mesh))
+  ckpts = checkpointing.Checkpoints(workdir)
+  try:
+    if config.eval.ckpt_id < 0:
+      state = ckpts.restore_latest(abstract)
+      if state is None:
+        raise checkpointing.CheckpointError(f"no checkpoint in {workdir}: train first (--mode train).")
+    else:
+      state = ckpts.restore_step(int(config.eval.ckpt_id), abstract)
+  finally:
+    ckpts.close()
+  return int(state.step), state.ema_params
+
+
+def _write_atomically(path, write):
+  tmp = path.parent / (path.name + ".tmp")
+  with tmp.open("wb") as f:
+    write(f)
+  tmp.replace(path)
+
+
+def sample(config, workdir, eval_folder="eval"):
+  sde, model = config_checks.validate_config(config)
+  num_samples, batch = int(config.eval.num_samples), int(config.eval.batch_size)
+  if num_samples < 1:
+    raise ValueError(f"eval.num_samples={num_samples} must be >= 1.")
+  mesh = parallel.make_mesh()
+  step, params = restore_ema_params(config, workdir, model, mesh)
+  h, c = config.data.image_size, config.data.num_channels
+  score_fn = mutils.get_score_fn(sde, model, train=False, continuous=config.training.continuous)
+  sampler = sampling.get_sampling_fn(config, sde, score_fn, (batch, h, h, c),
+                                     datasets.get_data_inverse_scaler(config), sde.default_sampling_eps)
+  sample_fn = jax.jit(sampler, out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh)))
+  folder = epath.Path(workdir) / eval_folder / "samples" / f"step_{step}"
+  folder.mkdir(parents=True, exist_ok=True)
+  rounds = math.ceil(num_samples / batch)
+  base_rng = jax.random.PRNGKey(config.seed)
+  is_main = jax.process_index() == 0
+  done, drawn, seconds, nfe = 0, 0, 0.0, None
+  for r in tqdm.trange(rounds, desc=f"sampling step {step}", disable=not is_main):
+    path = folder / f"samples_{r}.npz"
+    if path.exists():  # finished before an interruption: never redone
+      done += 1
+      continue
+    start = time.perf_counter()
+    images, nfe = sample_fn(jax.random.fold_in(base_rng, r), params)
+    images = np.asarray(multihost_utils.process_allgather(images, tiled=True))
+    seconds += time.perf_counter() - start
+    images = image_utils.to_uint8(images[:min(batch, num_samples - r * batch)])
+    drawn += len(images)
+    if is_main:
+      # The npz is the round's 'done' marker, so it is written last.
+      _write_atomically(folder / f"samples_{r}.png", lambda f, x=images: image_utils.save_grid(x, f))
+      _write_atomically(path, lambda f, x=images: np.savez_compressed(f, samples=x))
+  if drawn:
+    logging.info("Sampled %d images (%d rounds skipped as done) from step %d: NFE %d per sample, %.2f images/s "
+                 "-> %s", drawn, done, step, int(nfe), drawn / seconds, folder)
+    print(f"{drawn} samples from step {step} in {folder}: NFE {int(nfe)}, {drawn / seconds:.2f} images/s "
+          f"(first round includes compilation)")
+  else:
+    print(f"all {rounds} rounds already in {folder}; nothing to do.")
+  return folder
