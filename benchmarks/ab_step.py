@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.train_step import load_config  # noqa: E402  pylint: disable=wrong-import-position
+from benchmarks.train_step import benchmark_config  # noqa: E402  pylint: disable=wrong-import-position
 from score_sde import config_checks, losses  # noqa: E402  pylint: disable=wrong-import-position
 from score_sde.models import layers  # noqa: E402,F401  pylint: disable=wrong-import-position
 from score_sde.models import utils as mutils  # noqa: E402  pylint: disable=wrong-import-position
@@ -34,12 +34,7 @@ fast_dropout = layers.Dropout  # the repo's Dropout, kept under a name that "set
 
 
 def build(args, cfg_overrides):
-  config = load_config(args.config)
-  if args.small:
-    config.data.image_size = 16
-    config.model.update(nf=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,))
-  if args.batch:
-    config.training.batch_size = args.batch
+  config = benchmark_config(args.config, args.small, args.batch)
   for key, value in cfg_overrides.items():
     section, name = key.split(".")
     setattr(getattr(config, section), name, value)

@@ -30,6 +30,17 @@ def load_config(path):
   return module.get_config()
 
 
+def benchmark_config(path, small=False, batch=None):
+  """The config at `path`; `small` shrinks it to the issue's reference DDPM++ (16x16, nf=32, ...)."""
+  config = load_config(path)
+  if small:
+    config.data.image_size = 16
+    config.model.update(nf=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,))
+  if batch:
+    config.training.batch_size = batch
+  return config
+
+
 def timed(fn, repeats):
   times = []
   for _ in range(repeats):
@@ -55,12 +66,7 @@ def main():
   parser.add_argument("--data", action="store_true", help="also time the input pipeline alone")
   args = parser.parse_args()
 
-  config = load_config(args.config)
-  if args.small:
-    config.data.image_size = 16
-    config.model.update(nf=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,))
-  if args.batch:
-    config.training.batch_size = args.batch
+  config = benchmark_config(args.config, args.small, args.batch)
   sde, model = config_checks.validate_config(config)
   b, s, c = config.training.batch_size, config.data.image_size, config.data.num_channels
   optimizer = losses.get_optimizer(config.optim)

@@ -55,7 +55,7 @@ def _chunk_sizes(start, stop, n):
     step += k
 
 
-def _prefetched_chunks(iterator, sizes, sharding, scan_axis=True, depth=2):
+def _prefetched_chunks(iterator, sizes, sharding, depth=2):
   """Stacks k batches per compiled call and assembles them as global sharded arrays, one chunk ahead.
 
   A background thread does the host work (reading, stacking, host-to-device copies), so the compiled step
@@ -68,8 +68,7 @@ def _prefetched_chunks(iterator, sizes, sharding, scan_axis=True, depth=2):
     try:
       for k in sizes:
         batches = [next(iterator)["image"] for _ in range(k)]
-        local = np.stack(batches) if scan_axis else batches[0]
-        out.put(parallel.global_batch({"image": local}, sharding, batch_axis=1 if scan_axis else 0))
+        out.put(parallel.global_batch({"image": np.stack(batches)}, sharding, batch_axis=1))
         if stop.is_set():
           return
       out.put(None)
