@@ -26,6 +26,6 @@ setup(
         "tqdm>=4.60,<5",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "torch==2.13.0"],
     },
 )

@@ -200,8 +200,10 @@ def train(config, workdir):
   # ---- input
   pc, pi = jax.process_count(), jax.process_index()
   train_iter = datasets.train_iterator(config, start_step=initial_step, process_index=pi, process_count=pc)
+  # One eval batch per eval_freq steps: a resumed run continues the eval stream where it stopped, so its eval
+  # losses are the ones the uninterrupted run logs.
   eval_iter = datasets.eval_iterator(config, "test", process_index=pi, process_count=pc, repeat=True,
-                                     batch_size=t.batch_size)
+                                     batch_size=t.batch_size, start_batch=initial_step // t.eval_freq)
   chunks = _prefetched_chunks(train_iter, _chunk_sizes(initial_step, t.n_iters, t.n_jitted_steps), chunk_sharding)
 
   # ---- logging

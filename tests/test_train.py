@@ -56,6 +56,11 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run_bitwise(finished_run, t
   assert state_a.keys() == state_b.keys()
   for key in state_a:
     np.testing.assert_array_equal(state_a[key], state_b[key], err_msg=key)  # bitwise on CPU
+  # The eval stream resumes at its position too: the eval losses at steps 10 and 20 (one before the first
+  # restart, one after) are the uninterrupted run's.
+  eval_a, eval_b = train_utils.scalars(finished_run, "eval_loss"), train_utils.scalars(workdir, "eval_loss")
+  assert sorted(eval_a) == sorted(eval_b) == [10, 20]
+  assert [eval_b[s] for s in (10, 20)] == [eval_a[s] for s in (10, 20)]
 
 
 def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
