@@ -57,16 +57,8 @@ def matmul_flops(n=4096, repeats=5):
   return 2 * n ** 3 / np.median(timed(lambda: f(a), repeats))
 
 
-def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--config", default="configs/vp/cifar10_ddpmpp_continuous.py")
-  parser.add_argument("--batch", type=int, default=None)
-  parser.add_argument("--small", action="store_true")
-  parser.add_argument("--repeats", type=int, default=10)
-  parser.add_argument("--data", action="store_true", help="also time the input pipeline alone")
-  args = parser.parse_args()
-
-  config = benchmark_config(args.config, args.small, args.batch)
+def compile_step(config):
+  """(compiled train step, its state, batch, rng, FLOPs, compile seconds, parameter count) for `config`."""
   sde, model = config_checks.validate_config(config)
   b, s, c = config.training.batch_size, config.data.image_size, config.data.num_channels
   optimizer = losses.get_optimizer(config.optim)
@@ -78,39 +70,79 @@ def main():
   p_step = jax.jit(step, donate_argnums=0)
   batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (b, s, s, c))}
   rng = jax.random.PRNGKey(2)
-
   start = time.perf_counter()
   compiled = p_step.lower(state, batch, rng).compile()
   compile_s = time.perf_counter() - start
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", float("nan")))
+  return compiled, state, batch, rng, flops, compile_s, mutils.count_params(params)
 
+
+def time_step(config, repeats=10, warmup=3):
+  """Times of `repeats` compiled train steps after `warmup` untimed ones, plus (flops, compile_s, n_params)."""
+  compiled, state, batch, rng, flops, compile_s, n_params = compile_step(config)
   holder = [state]
 
   def one_step():
     holder[0], metrics = compiled(holder[0], batch, rng)
     return metrics["loss"]
 
-  timed(one_step, 3)  # warm-up: first touches of memory are slow on this VM
-  times = timed(one_step, args.repeats)
+  timed(one_step, warmup)  # first touches of memory are slow on this VM
+  return timed(one_step, repeats), flops, compile_s, n_params
+
+
+def input_pipeline_speed(config, mock_examples=0, batches=50):
+  """Images/s of `datasets.train_iterator` alone (decode, crop/resize, flip, batch), after a warm-up batch.
+
+  mock_examples > 0 runs the real TFDS pipeline on `tfds.testing.mock_data` (random images of the right
+  shapes; file reading is skipped, so this is an upper bound for a real disk).
+  """
+  import contextlib  # pylint: disable=g-import-not-at-top
+  from score_sde import datasets  # pylint: disable=g-import-not-at-top
+  mock = contextlib.nullcontext()
+  if mock_examples:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    mock = tfds.testing.mock_data(num_examples=mock_examples)
+  with mock:
+    it = datasets.train_iterator(config)
+    next(it)
+    times = []
+    for _ in range(batches):
+      start = time.perf_counter()
+      next(it)
+      times.append(time.perf_counter() - start)
+  b = config.training.batch_size
+  med = float(np.median(times))
+  return (f"input pipeline alone ({config.data.dataset}{', TFDS mock data' if mock_examples else ''}): "
+          f"{b / med:.0f} images/s median per batch, {b * len(times) / sum(times):.0f} images/s overall "
+          f"(batch {b}, {len(times)} batches)")
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--config", default="configs/vp/cifar10_ddpmpp_continuous.py")
+  parser.add_argument("--batch", type=int, default=None)
+  parser.add_argument("--small", action="store_true")
+  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--data", action="store_true", help="also time the input pipeline alone")
+  parser.add_argument("--mock_data", type=int, default=0,
+                      help="time the input pipeline on this many TFDS mock examples (no download needed)")
+  args = parser.parse_args()
+
+  config = benchmark_config(args.config, args.small, args.batch)
+  if args.data:
+    print(input_pipeline_speed(config, args.mock_data))
+  b, s, c = config.training.batch_size, config.data.image_size, config.data.num_channels
+  times, flops, compile_s, n_params = time_step(config, args.repeats)
   median = float(np.median(times))
   print(f"config={args.config}{' (small)' if args.small else ''} batch={b} image={s}x{s}x{c} "
-        f"params={mutils.count_params(params):,} devices={jax.device_count()} backend={jax.default_backend()}")
+        f"params={n_params:,} devices={jax.device_count()} backend={jax.default_backend()}")
   print(f"compile: {compile_s:.1f} s")
   print(f"train step: median {median * 1e3:.1f} ms (min {times.min() * 1e3:.1f}, max {times.max() * 1e3:.1f}, "
         f"n={len(times)}) -> {1 / median:.2f} steps/s, {b / median:.1f} images/s")
   print(f"step FLOPs (XLA cost analysis): {flops / 1e9:.2f} GFLOP -> {flops / median / 1e9:.1f} GFLOP/s")
   print(f"machine matmul (4096^2 f32): {matmul_flops() / 1e9:.1f} GFLOP/s")
-  if args.data:
-    from score_sde import datasets  # pylint: disable=g-import-not-at-top
-    it = datasets.train_iterator(config)
-    next(it)
-    n = 20
-    start = time.perf_counter()
-    for _ in range(n):
-      next(it)
-    print(f"input pipeline alone: {n * b / (time.perf_counter() - start):.0f} images/s")
 
 
 if __name__ == "__main__":

@@ -20,17 +20,21 @@ def get_default_configs():
   training.snapshot_sampling = True          # sample from the EMA params at each snapshot
 
   config.sampling = sampling = ml_collections.ConfigDict()
-  sampling.method = "pc"                     # pc | ode
+  sampling.method = "pc"                     # pc | ode | ddim | heun (score_sde.sampling.registered_samplers())
   sampling.predictor = "euler_maruyama"
   sampling.corrector = "none"
   sampling.n_steps_each = 1                  # corrector steps per predictor step
   sampling.noise_removal = True              # return the last step's mean (denoise)
   sampling.probability_flow = False
   sampling.snr = 0.16                        # Langevin signal-to-noise ratio
+  sampling.num_steps = 50                    # ddim / heun: steps K (heun: 2K - 1 score evaluations)
+  sampling.time_grid = "uniform"             # ddim / heun: uniform | quadratic | edm
+  sampling.ddim_eta = 0.0                    # ddim: 0 deterministic, 1 DDPM-like noise
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 9
   evaluate.end_ckpt = 26
+  evaluate.ckpt_wait_secs = 6 * 3600        # eval waits this long for a checkpoint training has not written
   evaluate.ckpt_id = -1                      # -1: the latest checkpoint (sample mode)
   evaluate.batch_size = 1024
   evaluate.enable_sampling = False
@@ -40,6 +44,7 @@ def get_default_configs():
   evaluate.enable_vlb = False
   evaluate.bpd_dataset = "test"              # train | test
   evaluate.bpd_num_repeats = 5               # passes over the bpd set (the paper averages 5)
+  evaluate.inception_path = ""               # converted FID Inception .npz (scripts/convert_inception_weights.py)
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "CIFAR10"

@@ -17,7 +17,7 @@ def get_default_configs():
   training.snapshot_freq_for_preemption = 250
   config.sampling.snr = 0.16
   config.eval.begin_ckpt = 1
-  config.eval.end_ckpt = 4
+  config.eval.end_ckpt = 3                   # checkpoint k = step k * snapshot_freq
   config.eval.batch_size = 256
   config.eval.num_samples = 1024
   data = config.data

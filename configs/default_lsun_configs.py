@@ -19,4 +19,7 @@ def get_default_configs():
   config.model.sigma_max = 378.0
   config.model.num_scales = 2000
   config.model.dropout = 0.0
+  # The 2021 config's eval range ran past n_iters (those checkpoints are never written); the last ones here.
+  config.eval.begin_ckpt = 48
+  config.eval.end_ckpt = 48
   return config

@@ -19,8 +19,8 @@ from score_sde import checkpointing, config_checks, datasets, image_utils, losse
 from score_sde.models import utils as mutils
 
 
-def restore_ema_params(config, workdir, model, mesh):
-  """(step, EMA parameters) of `eval.ckpt_id` (a checkpoint step; -1 = the newest checkpoint)."""
+def restore_ema_params(config, workdir, model, mesh, step=None):
+  """(step, EMA parameters) of checkpoint `step`, by default `eval.ckpt_id` (a step; -1 = the newest one)."""
   h, c = config.data.image_size, config.data.num_channels
   optimizer = losses.get_optimizer(config.optim)
   label_dtype = jnp.float32 if config.training.continuous else jnp.int32
@@ -30,12 +30,13 @@ def restore_ema_params(config, workdir, model, mesh):
   abstract = parallel.abstract_with_sharding(abstract, parallel.replicated(mesh))
   ckpts = checkpointing.Checkpoints(workdir)
   try:
-    if config.eval.ckpt_id < 0:
+    step = config.eval.ckpt_id if step is None else step
+    if step < 0:
       state = ckpts.restore_latest(abstract)
       if state is None:
         raise checkpointing.CheckpointError(f"no checkpoint in {workdir}: train first (--mode train).")
     else:
-      state = ckpts.restore_step(int(config.eval.ckpt_id), abstract)
+      state = ckpts.restore_step(int(step), abstract)
   finally:
     ckpts.close()
   return int(state.step), state.ema_params

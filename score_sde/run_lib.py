@@ -12,8 +12,8 @@ def train(config, workdir):
 
 
 def evaluate(config, workdir, eval_folder="eval"):
-  config_checks.validate_config(config)
-  raise NotAvailableError(f"--mode eval is not available yet (workdir {workdir} left untouched).")
+  from score_sde import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  return evaluate_lib.evaluate(config, workdir, eval_folder)
 
 
 def sample(config, workdir, eval_folder="eval"):

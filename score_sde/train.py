@@ -8,6 +8,7 @@ import os
 import queue
 import signal
 import threading
+import time
 
 import jax
 from jax.experimental import multihost_utils
@@ -225,6 +226,8 @@ def train(config, workdir):
 
   # ---- loop
   step, pending = initial_step, []
+  last_log = None  # (step, time) at the previous log's host sync: wall time per step between logs
+
   with _Preemption() as preemption:
     try:
       for batches in chunks:
@@ -235,7 +238,12 @@ def train(config, workdir):
         report_progress(new_step)
         last = new_step == t.n_iters
         if _crossed(step, new_step, t.log_freq) or last:
-          writer.write_scalars(new_step, {"train_loss": _check_finite(pending)})
+          scalars = {"train_loss": _check_finite(pending)}  # the loop's only host sync besides eval/saves
+          now = time.perf_counter()
+          if last_log is not None:  # the first interval includes compilation
+            scalars["wall_ms_per_step"] = 1e3 * (now - last_log[1]) / (new_step - last_log[0])
+          last_log = (new_step, now)
+          writer.write_scalars(new_step, scalars)
         if _crossed(step, new_step, t.eval_freq):
           eval_batch = parallel.global_batch({"image": next(eval_iter)["image"]}, parallel.batch_sharding(mesh))
           writer.write_scalars(new_step, {"eval_loss": float(p_eval(state, eval_batch)["loss"])})

@@ -8,4 +8,7 @@ from configs.vp.cifar10_ddpmpp_deep_continuous import get_config as _base_config
 def get_config():
   config = _base_config()
   config.training.sde = "subvpsde"
+  # The 2021 config's eval range ran past n_iters (those checkpoints are never written); the last ones here.
+  config.eval.begin_ckpt = 9
+  config.eval.end_ckpt = 19
   return config

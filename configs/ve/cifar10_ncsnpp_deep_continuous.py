@@ -9,4 +9,7 @@ def get_config():
   config = cifar10_ncsnpp_continuous.get_config()
   config.training.n_iters = 950001
   config.model.num_res_blocks = 8
+  # The 2021 config's eval range ran past n_iters (those checkpoints are never written); the last ones here.
+  config.eval.begin_ckpt = 9
+  config.eval.end_ckpt = 19
   return config

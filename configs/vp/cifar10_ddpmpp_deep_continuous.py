@@ -17,4 +17,7 @@ def get_config():
   config.model.scale_by_sigma = False
   config.model.ema_rate = 0.9999
   config.training.n_iters = 950001
+  # The 2021 config's eval range ran past n_iters (those checkpoints are never written); the last ones here.
+  config.eval.begin_ckpt = 9
+  config.eval.end_ckpt = 19
   return config

@@ -1,0 +1,348 @@
+"""`--mode eval`: loss, bits/dim (probability flow), the DDPM variational bound and FID/IS/KID of checkpoints.
+
+For each checkpoint from `eval.begin_ckpt` to `eval.end_ckpt` (checkpoint k is the snapshot at step
+k * training.snapshot_freq, the 2021 numbering; one not yet written is waited for, so eval can run beside
+training), with the EMA parameters, whichever of these are enabled:
+
+  enable_loss      the training loss on the test split (full batches)
+  enable_bpd       NLL in bits/dim by the probability-flow ODE on `bpd_dataset`, `bpd_num_repeats` passes, each
+                   with fresh uniform dequantisation (SPEC.md §6)
+  enable_vlb       the DDPM discrete variational bound (Ho et al. eq. 5 with the eq. 13 decoder) on the test split
+  enable_sampling  `num_samples` samples in rounds of eval.batch_size; their features give FID / IS / KID
+                   against the dataset's reference statistics (`--mode stats` writes them)
+
+Everything is written under `<workdir>/<eval_folder>/ckpt_<step>/`: one npz per finished unit of work (a loss
+batch set, a bpd or VLB batch, a sampling round); a unit already on disk is never redone, so an eval killed at
+any point and restarted skips straight to the first missing unit and produces the same report. Each
+checkpoint ends with `report.json` + `report.npz`, and `<eval_folder>/report.md` lists all of them.
+"""
+import json
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+import tqdm
+
+from score_sde import checkpointing, config_checks, datasets, generate, image_utils, losses, parallel, sampling
+
+# How often to look for a checkpoint that training has not written yet.
+_POLL_SECONDS = 60
+
+
+# ------------------------------------------------------------------------------------------- checkpoint range
+def checkpoint_steps(config):
+  """The training steps of checkpoints begin_ckpt..end_ckpt (inclusive)."""
+  e, t = config.eval, config.training
+  if e.begin_ckpt < 1 or e.end_ckpt < e.begin_ckpt:
+    raise ValueError(f"eval.begin_ckpt={e.begin_ckpt}, eval.end_ckpt={e.end_ckpt}: need 1 <= begin_ckpt <= "
+                     "end_ckpt (checkpoint k is the snapshot at step k * training.snapshot_freq).")
+  steps = [k * t.snapshot_freq for k in range(e.begin_ckpt, e.end_ckpt + 1)]
+  if steps[-1] > t.n_iters:
+    raise ValueError(f"eval.end_ckpt={e.end_ckpt} is step {steps[-1]}, beyond training.n_iters={t.n_iters}: it will "
+                     f"never be written; use eval.end_ckpt <= {t.n_iters // t.snapshot_freq}.")
+  return steps
+
+
+def wait_for_checkpoint(workdir, step, timeout):
+  """Blocks until the snapshot of `step` exists (training may still be running), at most `timeout` seconds."""
+  ckpts = checkpointing.Checkpoints(workdir, async_save=False)
+  try:
+    deadline = time.time() + timeout
+    announced = False
+    while True:
+      ckpts.snapshots.reload()
+      ckpts.preemption.reload()
+      if step in ckpts.snapshots.all_steps() or step in ckpts.preemption.all_steps():
+        return
+      if time.time() >= deadline:
+        raise checkpointing.CheckpointError(
+            f"checkpoint of step {step} did not appear in {workdir} within {timeout:.0f} s "
+            "(eval.ckpt_wait_secs); train further or lower eval.end_ckpt.")
+      if not announced:
+        logging.info("Waiting for the checkpoint of step %d in %s ...", step, workdir)
+        announced = True
+      time.sleep(min(_POLL_SECONDS, max(0.0, deadline - time.time())))
+  finally:
+    ckpts.close()
+
+
+# ------------------------------------------------------------------------------------------ resumable units
+def _load_npz(path):
+  with path.open("rb") as f:
+    with np.load(f) as data:
+      return {k: data[k] for k in data.files}
+
+
+def _save_npz(path, arrays):
+  """Writes `path` atomically (tmp file, then rename): a unit on disk is always complete."""
+  if jax.process_index() != 0:
+    return
+  tmp = path.parent / (path.name + ".tmp")
+  with tmp.open("wb") as f:
+    np.savez(f, **arrays)
+  tmp.replace(path)
+
+
+def _unit(path, compute):
+  """The arrays of a finished unit of work: loaded if `path` exists, else computed and saved."""
+  if path.exists():
+    try:
+      return _load_npz(path), False
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it and rerun to redo that unit.") \
+          from e
+  arrays = {k: np.asarray(v) for k, v in compute().items()}
+  _save_npz(path, arrays)
+  return arrays, True
+
+
+def _gather(x):
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+# ------------------------------------------------------------------------------------------------ evaluators
+class _Context:
+  """What every evaluator of one config needs, built once for all checkpoints."""
+
+  def __init__(self, config, workdir, eval_folder):
+    self.config = config
+    self.sde, self.model = config_checks.validate_config(config)
+    self.mesh = parallel.make_mesh()
+    self.batch_sharding = parallel.batch_sharding(self.mesh)
+    self.repl = parallel.replicated(self.mesh)
+    self.scaler = datasets.get_data_scaler(config)
+    self.inverse_scaler = datasets.get_data_inverse_scaler(config)
+    self.workdir = workdir
+    self.eval_dir = epath.Path(workdir) / eval_folder
+    self.is_main = jax.process_index() == 0
+    self.pi, self.pc = jax.process_index(), jax.process_count()
+    h, c = config.data.image_size, config.data.num_channels
+    self.image_shape = (h, h, c)
+    from score_sde.models import utils as mutils  # pylint: disable=g-import-not-at-top
+    self.score_fn = mutils.get_score_fn(self.sde, self.model, train=False, continuous=config.training.continuous)
+
+  def global_batch(self, images):
+    return parallel.global_batch({"image": images}, self.batch_sharding)["image"]
+
+  def rng(self, *path):
+    key = jax.random.PRNGKey(self.config.seed)
+    for p in path:
+      key = jax.random.fold_in(key, p)
+    return key
+
+
+def _batches(ctx, split, dequantize, pass_index, start_batch):
+  return datasets.eval_iterator(ctx.config, split, process_index=ctx.pi, process_count=ctx.pc,
+                                dequantize=dequantize, pass_index=pass_index, start_batch=start_batch)
+
+
+def _first_missing(folder, names):
+  for i, name in enumerate(names):
+    if not (folder / name).exists():
+      return i
+  return len(names)
+
+
+def eval_loss(ctx, params, step, out):
+  """Mean training loss of the EMA parameters over the test split's full batches (padding would bias it)."""
+  config = ctx.config
+  loss_fn = losses.get_loss_fn_from_config(config, ctx.sde, ctx.model, train=False)
+  loss_step = jax.jit(lambda p, x, key: loss_fn(p, ctx.scaler(x), key), out_shardings=ctx.repl)
+
+  def compute():
+    values = []
+    for b, batch in enumerate(_batches(ctx, "test", False, 0, 0)):
+      if _gather(batch["mask"]).min() < 1:  # the padded last batch
+        continue
+      values.append(float(loss_step(params, ctx.global_batch(batch["image"]), ctx.rng(step, 0, b))))
+    if not values:
+      raise ValueError(f"the test split has fewer examples than eval.batch_size={config.eval.batch_size}: lower "
+                       "it to evaluate the loss.")
+    return {"loss": np.array(values)}
+
+  arrays, _ = _unit(out / "loss.npz", compute)
+  return {"eval_loss": float(arrays["loss"].mean())}
+
+
+def _per_example_units(ctx, params, step, out, name, split, dequantize, passes, fn, fields, desc):
+  """Runs `fn(rng, params, data) -> dict of (B,) arrays` over `passes` passes of a split, one npz per batch.
+
+  Returns {field: all valid values, concatenated} and the seconds spent computing (units done now).
+  """
+  n_batches = math.ceil(datasets.num_examples(ctx.config, split) / ctx.config.eval.batch_size)
+  folder = out / name
+  folder.mkdir(parents=True, exist_ok=True)
+  values = {f: [] for f in fields}
+  seconds, computed = 0.0, 0
+  for p in range(passes):
+    names = [f"pass_{p}_batch_{b}.npz" for b in range(n_batches)]
+    start_batch = _first_missing(folder, names)
+    for b in range(start_batch):  # finished before an interruption
+      arrays, _ = _unit(folder / names[b], None)
+      for f in fields:
+        values[f].append(arrays[f])
+    if start_batch == n_batches:
+      continue
+    iterator = _batches(ctx, split, dequantize, p, start_batch)
+    for b in tqdm.trange(start_batch, n_batches, desc=f"{desc} step {step} pass {p + 1}/{passes}",
+                         disable=not ctx.is_main):
+      batch = next(iterator)
+      mask = _gather(batch["mask"]) > 0
+
+      def compute(batch=batch, mask=mask, p=p, b=b):
+        data = ctx.global_batch(ctx.scaler(batch["image"]))
+        result = fn(ctx.rng(step, 1 + p, b), params, data)
+        return {f: _gather(result[f])[mask] for f in fields} | {"nfe": np.asarray(result.get("nfe", 0))}
+
+      begin = time.perf_counter()
+      arrays, _ = _unit(folder / names[b], compute)
+      seconds += time.perf_counter() - begin
+      computed += int(mask.sum())
+      for f in fields:
+        values[f].append(arrays[f])
+  return {f: np.concatenate(v) for f, v in values.items()}, seconds, computed
+
+
+def eval_bpd(ctx, params, step, out):
+  """Bits/dim by the probability flow (SPEC.md §6) over eval.bpd_num_repeats dequantised passes."""
+  from score_sde import likelihood  # pylint: disable=g-import-not-at-top
+  e = ctx.config.eval
+  likelihood_fn = likelihood.get_likelihood_fn(ctx.sde, ctx.score_fn, ctx.inverse_scaler)
+
+  def fn(key, params, data):
+    bpd, _, nfe = likelihood_fn(key, params, data)
+    return {"bpd": bpd, "nfe": nfe}
+
+  if e.bpd_num_repeats < 1:
+    raise ValueError(f"eval.bpd_num_repeats={e.bpd_num_repeats} must be >= 1.")
+  values, seconds, computed = _per_example_units(ctx, params, step, out, "bpd", e.bpd_dataset, True,
+                                                 e.bpd_num_repeats, fn, ("bpd",), "bpd")
+  report = {"bpd": float(values["bpd"].mean()), "bpd_stderr": float(values["bpd"].std() / np.sqrt(len(values["bpd"]))),
+            "bpd_examples": int(len(values["bpd"]))}
+  nfes = [float(_load_npz(p)["nfe"]) for p in sorted((out / "bpd").glob("pass_*_batch_*.npz"))]
+  report["bpd_mean_nfe"] = float(np.mean(nfes))
+  if computed:
+    report["bpd_seconds_per_image"] = seconds / computed
+  return report
+
+
+def eval_vlb(ctx, params, step, out):
+  """The DDPM variational bound in bits/dim (rate + distortion) over the test split, no dequantisation."""
+  from score_sde import vlb  # pylint: disable=g-import-not-at-top
+  vlb_fn = vlb.get_vlb_fn(ctx.sde, ctx.score_fn, data_centered=ctx.config.data.centered)
+  fields = ("bpd", "rate", "distortion", "prior")
+  values, seconds, computed = _per_example_units(ctx, params, step, out, "vlb", "test", False, 1, vlb_fn, fields,
+                                                 "vlb")
+  report = {f"vlb_{f}": float(values[f].mean()) for f in fields}
+  report["vlb_examples"] = int(len(values["bpd"]))
+  if computed:
+    report["vlb_seconds_per_image"] = seconds / computed
+  return report
+
+
+def eval_samples(ctx, params, step, out):
+  """Draws eval.num_samples samples in rounds, saves each round's uint8 images and features, then scores them."""
+  from score_sde import evaluation  # pylint: disable=g-import-not-at-top
+  config = ctx.config
+  num_samples, batch = int(config.eval.num_samples), int(config.eval.batch_size)
+  if num_samples < 2:
+    raise ValueError(f"eval.num_samples={num_samples}: FID / KID need at least 2 samples.")
+  ref_stats = evaluation.load_stats(evaluation.stats_path(config))  # fail before sampling, not after
+  feature_fn = evaluation.get_feature_fn(config)
+  sampler = sampling.get_sampling_fn(config, ctx.sde, ctx.score_fn, (batch,) + ctx.image_shape, ctx.inverse_scaler,
+                                     ctx.sde.default_sampling_eps)
+  sample_fn = jax.jit(sampler, out_shardings=(ctx.batch_sharding, ctx.repl))
+  folder = out / "samples"
+  folder.mkdir(parents=True, exist_ok=True)
+  rounds = math.ceil(num_samples / batch)
+  pool, logits, seconds, drawn, nfe = [], [], 0.0, 0, None
+  for r in tqdm.trange(rounds, desc=f"sampling step {step}", disable=not ctx.is_main):
+
+    def compute(r=r):
+      samples, round_nfe = sample_fn(ctx.rng(step, 1000, r), params)
+      images = image_utils.to_uint8(_gather(samples)[:min(batch, num_samples - r * batch)])
+      features = feature_fn(images)
+      if ctx.is_main and r == 0:
+        with (folder / "samples_0.png").open("wb") as f:
+          image_utils.save_grid(images[:256], f, scale=4 if images.shape[1] <= 32 else 1)
+      return {"samples": images, "pool_3": features["pool_3"], "logits": features["logits"],
+              "nfe": np.asarray(round_nfe)}
+
+    begin = time.perf_counter()
+    arrays, new = _unit(folder / f"samples_{r}.npz", compute)
+    if new:
+      seconds += time.perf_counter() - begin
+      drawn += len(arrays["samples"])
+    nfe = int(arrays["nfe"])
+    pool.append(arrays["pool_3"])
+    logits.append(arrays["logits"])
+  metrics = evaluation.compute_metrics(np.concatenate(pool), np.concatenate(logits), ref_stats)
+  report = {k: float(v) for k, v in metrics.items()}
+  report.update(num_samples=num_samples, sampling_nfe=nfe)
+  if drawn:
+    report["sampling_seconds_per_image"] = seconds / drawn
+  return report
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+def _write_reports(ctx, step, out, report):
+  if not ctx.is_main:
+    return
+  with (out / "report.json.tmp").open("w") as f:
+    json.dump(report, f, indent=1, sort_keys=True)
+  (out / "report.json.tmp").replace(out / "report.json")
+  _save_npz(out / "report.npz", {k: np.asarray(v) for k, v in report.items()})
+  lines = ["| step | " + " | ".join(sorted(report)) + " |", "|" + "---|" * (len(report) + 1)]
+  for path in sorted(ctx.eval_dir.glob("ckpt_*/report.json"), key=lambda p: int(p.parent.name.split("_")[1])):
+    with path.open() as f:
+      r = json.load(f)
+    lines.append(f"| {path.parent.name.split('_')[1]} | " +
+                 " | ".join(_fmt(r.get(k, "")) for k in sorted(report)) + " |")
+  with (ctx.eval_dir / "report.md.tmp").open("w") as f:
+    f.write("\n".join(lines) + "\n")
+  (ctx.eval_dir / "report.md.tmp").replace(ctx.eval_dir / "report.md")
+
+
+def _fmt(v):
+  return f"{v:.5g}" if isinstance(v, float) else str(v)
+
+
+def evaluate(config, workdir, eval_folder="eval"):
+  """Evaluates checkpoints begin_ckpt..end_ckpt of `workdir`; returns {step: report}."""
+  e = config.eval
+  if not (e.enable_loss or e.enable_bpd or e.enable_vlb or e.enable_sampling):
+    raise ValueError("nothing to evaluate: set one of eval.enable_loss, enable_bpd, enable_vlb, enable_sampling.")
+  steps = checkpoint_steps(config)
+  ctx = _Context(config, workdir, eval_folder)
+  if e.enable_vlb and not ctx.sde.__class__.__name__ == "VPSDE":
+    raise ValueError(f"eval.enable_vlb needs a VP SDE (the DDPM chain); this config trains {config.training.sde}.")
+  if e.enable_sampling:  # a missing stats file is an error now, not after the first checkpoint's other work
+    from score_sde import evaluation  # pylint: disable=g-import-not-at-top
+    evaluation.load_stats(evaluation.stats_path(config))
+  reports = {}
+  for step in steps:
+    wait_for_checkpoint(workdir, step, float(e.get("ckpt_wait_secs", 6 * 3600)))
+    restored_step, params = generate.restore_ema_params(config, workdir, ctx.model, ctx.mesh, step=step)
+    assert restored_step == step, (restored_step, step)
+    out = ctx.eval_dir / f"ckpt_{step}"
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"step": step}
+    if e.enable_loss:
+      report.update(eval_loss(ctx, params, step, out))
+    if e.enable_bpd:
+      report.update(eval_bpd(ctx, params, step, out))
+    if e.enable_vlb:
+      report.update(eval_vlb(ctx, params, step, out))
+    if e.enable_sampling:
+      report.update(eval_samples(ctx, params, step, out))
+    _write_reports(ctx, step, out, report)
+    summary = ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(report.items()) if k != "step")
+    logging.info("Step %d: %s", step, summary)
+    print(f"step {step}: {summary}  -> {out / 'report.json'}")
+    reports[step] = report
+  return reports
