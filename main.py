@@ -43,7 +43,7 @@ def main(argv):
   from score_sde import run_lib  # pylint: disable=g-import-not-at-top  (keeps --help fast)
   try:
     run_lib.MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir, FLAGS.eval_folder)
-  except (ValueError, FloatingPointError, run_lib.NotAvailableError) as e:
+  except (ValueError, FloatingPointError) as e:
     # Bad input gets one clear line, not a traceback.
     sys.exit(f"error: {e}")
 

@@ -44,7 +44,12 @@ def get_default_configs():
   evaluate.enable_vlb = False
   evaluate.bpd_dataset = "test"              # train | test
   evaluate.bpd_num_repeats = 5               # passes over the bpd set (the paper averages 5)
+  evaluate.bpd_rtol = 1e-5                   # probability-flow solve for bpd (SPEC.md §6)
+  evaluate.bpd_atol = 1e-5
+  evaluate.bpd_hutchinson = "Rademacher"     # Rademacher | Gaussian | exact (small data only)
   evaluate.inception_path = ""               # converted FID Inception .npz (scripts/convert_inception_weights.py)
+  evaluate.stats_dir = ""                    # reference statistics folder; "" = assets/stats in the repository
+  evaluate.classifier_path = ""              # digits: the classifier cache; "" = ~/.cache/score_sde (SCORE_SDE_CACHE)
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "CIFAR10"

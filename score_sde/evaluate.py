@@ -212,7 +212,9 @@ def eval_bpd(ctx, params, step, out):
   """Bits/dim by the probability flow (SPEC.md §6) over eval.bpd_num_repeats dequantised passes."""
   from score_sde import likelihood  # pylint: disable=g-import-not-at-top
   e = ctx.config.eval
-  likelihood_fn = likelihood.get_likelihood_fn(ctx.sde, ctx.score_fn, ctx.inverse_scaler)
+  likelihood_fn = likelihood.get_likelihood_fn(ctx.sde, ctx.score_fn, ctx.inverse_scaler,
+                                               hutchinson_type=e.get("bpd_hutchinson", "Rademacher"),
+                                               rtol=e.get("bpd_rtol", 1e-5), atol=e.get("bpd_atol", 1e-5))
 
   def fn(key, params, data):
     bpd, _, nfe = likelihood_fn(key, params, data)
@@ -346,3 +348,26 @@ def evaluate(config, workdir, eval_folder="eval"):
     print(f"step {step}: {summary}  -> {out / 'report.json'}")
     reports[step] = report
   return reports
+
+
+# ----------------------------------------------------------------------------------------------- --mode stats
+def compute_stats(config, split="train"):
+  """Writes the reference statistics file of config's data set (`evaluation.stats_path`): the features of every
+  example of `split` (no flip, no dequantisation), as the FID / KID reference of `--mode eval`."""
+  from score_sde import evaluation  # pylint: disable=g-import-not-at-top
+  config_checks.validate_config(config)
+  path = evaluation.stats_path(config)
+  feature_fn = evaluation.get_feature_fn(config)
+  pi, pc = jax.process_index(), jax.process_count()
+  n = datasets.num_examples(config, split)
+  batches = datasets.eval_iterator(config, split, process_index=pi, process_count=pc, dequantize=False)
+  pool = []
+  for batch in tqdm.tqdm(batches, total=math.ceil(n / config.eval.batch_size), desc=f"features of {split}",
+                         disable=jax.process_index() != 0):
+    images = image_utils.to_uint8(_gather(batch["image"]))[_gather(batch["mask"]) > 0]
+    pool.append(feature_fn(images)["pool_3"])
+  features = np.concatenate(pool)
+  if jax.process_index() == 0:
+    evaluation.save_stats(path, features)
+  print(f"reference statistics of {len(features)} {config.data.dataset} {split} images -> {path}")
+  return path
