@@ -41,7 +41,8 @@ def get_default_configs():
   evaluate.num_samples = 50000
   evaluate.enable_loss = True
   evaluate.enable_bpd = False
-  evaluate.enable_vlb = False
+  evaluate.enable_vlb = False               # DDPM's discrete bound (VP models)
+  evaluate.vlb_model_var = "fixedlarge"      # fixedlarge (beta_t) | fixedsmall (posterior variance)
   evaluate.bpd_dataset = "test"              # train | test
   evaluate.bpd_num_repeats = 5               # passes over the bpd set (the paper averages 5)
   evaluate.bpd_rtol = 1e-5                   # probability-flow solve for bpd (SPEC.md §6)

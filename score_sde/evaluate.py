@@ -236,7 +236,9 @@ def eval_bpd(ctx, params, step, out):
 def eval_vlb(ctx, params, step, out):
   """The DDPM variational bound in bits/dim (rate + distortion) over the test split, no dequantisation."""
   from score_sde import vlb  # pylint: disable=g-import-not-at-top
-  vlb_fn = vlb.get_vlb_fn(ctx.sde, ctx.score_fn, data_centered=ctx.config.data.centered)
+  vlb_fn = vlb.get_vlb_fn(ctx.sde, ctx.score_fn, data_centered=ctx.config.data.centered,
+                          model_var=ctx.config.eval.get("vlb_model_var", "fixedlarge"),
+                          continuous=ctx.config.training.continuous)
   fields = ("bpd", "rate", "distortion", "prior")
   values, seconds, computed = _per_example_units(ctx, params, step, out, "vlb", "test", False, 1, vlb_fn, fields,
                                                  "vlb")

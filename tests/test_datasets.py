@@ -63,6 +63,9 @@ def test_digits_split_and_content():
   assert train.shape == (1500, 16, 16, 1) and test.shape == (297, 16, 16, 1)
   assert datasets.num_examples(config, "train") == 1500 and datasets.num_examples(config, "test") == 297
   assert 0.0 <= min(train.min(), test.min()) and max(train.max(), test.max()) <= 1.0
+  levels = np.concatenate([train.ravel(), test.ravel()]) * 255.0  # 8-bit images, like every other data set
+  np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)
+  assert len(np.unique(np.round(levels))) > 200
   # Disjoint: no test image also appears in train (the raw set holds a few exact duplicates; allow those).
   train_rows = {row.tobytes() for row in train.reshape(1500, -1)}
   assert sum(row.tobytes() in train_rows for row in test.reshape(297, -1)) <= 3
