@@ -20,6 +20,8 @@ Quality, per sampler, over all --num_samples samples:
     'fd_pixels', the Frechet distance between Gaussian fits of the flattened 16x16 pixels (float64) of the
     samples (clipped to [0, 1], as images are saved) and of the digits test split (297 images). Its floor at
     this sample size is printed first: the same distance from --num_samples training images;
+    'fid_classifier' (digits): the same distance on the features of the repo's digits classifier
+    (`evaluation.get_feature_fn`, what `--mode eval` reports as FID), also against the test split;
   - mean |x - x_ref| (data space, unclipped) to the ODE sample from the same latent, for the deterministic
     samplers (ode3, ddim, heun).
 Wall time: the median (and min-max) over the rounds of one compiled call on --batch samples; compile time apart.
@@ -132,12 +134,14 @@ def main():
   parser.add_argument("--grids", default="uniform", help="comma-separated time grids for ddim and heun")
   parser.add_argument("--samplers", default="", help="comma-separated subset of em,pc,ode,ddim,heun "
                       "(the reference ode always runs); default all")
-  parser.add_argument("--metrics", default=",".join(METRICS))
+  parser.add_argument("--metrics", default=",".join(list(METRICS) + ["fid_classifier"]))
   args = parser.parse_args()
   if args.num_samples % args.batch:
     raise ValueError(f"--num_samples={args.num_samples} must be a multiple of --batch={args.batch}.")
   metrics = {}
   for name in args.metrics.split(","):
+    if name == "fid_classifier":
+      continue  # added in main() once the config is known
     if name not in METRICS:
       raise ValueError(f"--metrics: {name!r} is not one of {sorted(METRICS)}.")
     metrics[name] = METRICS[name]
@@ -147,6 +151,10 @@ def main():
   total_start = time.perf_counter()
 
   config, sde, model, _, params, step = load_model(args.config, args.workdir, args.ckpt)
+  if config.data.dataset == "DIGITS" and "fid_classifier" in args.metrics.split(","):
+    from score_sde import evaluation, image_utils  # pylint: disable=g-import-not-at-top
+    feature_fn = evaluation.get_feature_fn(config)
+    metrics["fid_classifier"] = frechet_metric(lambda x: feature_fn(image_utils.to_uint8(x))["pool_3"])
   h, c = config.data.image_size, config.data.num_channels
   shape = (args.batch, h, h, c)
   n_test = datasets.num_examples(config, "test")
