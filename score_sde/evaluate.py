@@ -259,7 +259,7 @@ def eval_samples(ctx, params, step, out):
   ref_stats = evaluation.load_stats(evaluation.stats_path(config))  # fail before sampling, not after
   feature_fn = evaluation.get_feature_fn(config)
   sampler = sampling.get_sampling_fn(config, ctx.sde, ctx.score_fn, (batch,) + ctx.image_shape, ctx.inverse_scaler,
-                                     ctx.sde.default_sampling_eps)
+                                     ctx.sde.default_sampling_eps, sharding=parallel.sampler_sharding(ctx.mesh))
   sample_fn = jax.jit(sampler, out_shardings=(ctx.batch_sharding, ctx.repl))
   folder = out / "samples"
   folder.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,8 @@ def sample(config, workdir, eval_folder="eval"):
   h, c = config.data.image_size, config.data.num_channels
   score_fn = mutils.get_score_fn(sde, model, train=False, continuous=config.training.continuous)
   sampler = sampling.get_sampling_fn(config, sde, score_fn, (batch, h, h, c),
-                                     datasets.get_data_inverse_scaler(config), sde.default_sampling_eps)
+                                     datasets.get_data_inverse_scaler(config), sde.default_sampling_eps,
+                                     sharding=parallel.sampler_sharding(mesh))
   sample_fn = jax.jit(sampler, out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh)))
   folder = epath.Path(workdir) / eval_folder / "samples" / f"step_{step}"
   folder.mkdir(parents=True, exist_ok=True)

@@ -45,3 +45,10 @@ def global_batch(tree, sharding, batch_axis=0):
 def abstract_with_sharding(tree, sharding):
   """ShapeDtypeStructs carrying `sharding`, the restore target for a checkpoint of `tree`."""
   return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def sampler_sharding(mesh):
+  """The batch sharding samplers constrain their prior draw and loop state to (`sampling.get_sampling_fn(...,
+  sharding=)`), or None on a single device, where there is nothing to split (and host-bound solvers such as
+  scipy's RK45 cross-check stay usable)."""
+  return batch_sharding(mesh) if mesh.size > 1 else None

@@ -195,7 +195,8 @@ def train(config, workdir):
     sample_shape = (t.batch_size, h, w, c)
     score_fn = mutils.get_score_fn(sde, model, train=False, continuous=t.continuous)
     sampler = sampling.get_sampling_fn(config, sde, score_fn, sample_shape,
-                                       datasets.get_data_inverse_scaler(config), sde.default_sampling_eps)
+                                       datasets.get_data_inverse_scaler(config), sde.default_sampling_eps,
+                                       sharding=parallel.sampler_sharding(mesh))
     sample_fn = jax.jit(lambda key, params: sampler(key, params)[0], out_shardings=parallel.batch_sharding(mesh))
 
   # ---- input
