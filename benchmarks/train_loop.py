@@ -49,18 +49,21 @@ def main():
            snapshot_freq_for_preemption=never, snapshot_sampling=False)
 
   from score_sde import train  # pylint: disable=g-import-not-at-top
+  # The step alone is timed before and after the loop: this VM's speed drifts by ~10% over minutes.
+  before, _, _, _ = bench.time_step(config, args.repeats)
   with tempfile.TemporaryDirectory() as workdir:
     train.train(config, workdir)
     loop_ms = np.array(read_scalars(workdir, "wall_ms_per_step"))
-  step_s, _, _, _ = bench.time_step(config, args.repeats)
-  step_ms = 1e3 * step_s
+  after, _, _, _ = bench.time_step(config, args.repeats)
+  step_ms = 1e3 * np.concatenate([before, after])
   loop_med, step_med = float(np.median(loop_ms)), float(np.median(step_ms))
   print(f"config={args.config}{' (small)' if args.small else ''} batch={t.batch_size} "
         f"n_jitted_steps={t.n_jitted_steps} steps={args.steps} log_freq={args.log_freq}")
   print(f"training loop: median {loop_med:.1f} ms/step (min {loop_ms.min():.1f}, max {loop_ms.max():.1f}, "
         f"{len(loop_ms)} log intervals)")
   print(f"compiled step alone: median {step_med:.1f} ms (min {step_ms.min():.1f}, max {step_ms.max():.1f}, "
-        f"n={len(step_ms)})")
+        f"n={len(step_ms)}; medians before / after the loop {1e3 * np.median(before):.1f} / "
+        f"{1e3 * np.median(after):.1f})")
   print(f"loop / step: {loop_med / step_med:.3f} (target <= 1.05)")
 
 
