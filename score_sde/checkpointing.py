@@ -31,9 +31,14 @@ class CheckpointError(ValueError):
 class Checkpoints:
   """`workdir/checkpoints` keeps every snapshot; `workdir/checkpoints-meta` keeps the latest preemption one."""
 
-  def __init__(self, workdir, async_save=True):
+  def __init__(self, workdir, async_save=True, read_only=False):
+    """read_only: for restoring only (sample / eval): nothing is created or cleaned up, so no background work
+    outlives the caller (a writer's start-up clean-up of half-written checkpoints runs in a thread)."""
     self.workdir = str(epath.Path(workdir).resolve()) if "://" not in str(workdir) else str(workdir)
-    options = dict(create=True, cleanup_tmp_directories=True, enable_async_checkpointing=async_save)
+    if read_only:
+      options = dict(create=False, cleanup_tmp_directories=False, read_only=True, enable_async_checkpointing=False)
+    else:
+      options = dict(create=True, cleanup_tmp_directories=True, enable_async_checkpointing=async_save)
     # The handler is named up front so that a fresh process can read metadata before any save.
     self.snapshots = ocp.CheckpointManager(os.path.join(self.workdir, "checkpoints"),
                                            options=ocp.CheckpointManagerOptions(**options),

@@ -1,7 +1,7 @@
 """Checks a config before anything is compiled, so that bad input fails fast with a one-line message."""
 import jax
 
-from score_sde import losses, sde_lib
+from score_sde import losses, sampling, sde_lib
 from score_sde.models import utils as mutils
 
 
@@ -21,4 +21,7 @@ def validate_config(config, num_devices=None):
   losses.get_loss_fn_from_config(config, sde, model, train=True)
   check_batch_size(config.training.batch_size, "training.batch_size", num_devices)
   check_batch_size(config.eval.batch_size, "eval.batch_size", num_devices)
+  method = str(config.sampling.method).lower()
+  if method not in sampling.registered_samplers():  # before a checkpoint is restored or a step compiled
+    raise ValueError(f"sampling.method={config.sampling.method!r} is not one of {sampling.registered_samplers()}.")
   return sde, model

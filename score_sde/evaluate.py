@@ -50,7 +50,7 @@ def checkpoint_steps(config):
 
 def wait_for_checkpoint(workdir, step, timeout):
   """Blocks until the snapshot of `step` exists (training may still be running), at most `timeout` seconds."""
-  ckpts = checkpointing.Checkpoints(workdir, async_save=False)
+  ckpts = checkpointing.Checkpoints(workdir, read_only=True)
   try:
     deadline = time.time() + timeout
     announced = False

@@ -28,7 +28,7 @@ def restore_ema_params(config, workdir, model, mesh, step=None):
       lambda k: losses.create_train_state(mutils.init_params(model, k, (1, h, h, c), label_dtype), optimizer),
       jax.random.PRNGKey(0))
   abstract = parallel.abstract_with_sharding(abstract, parallel.replicated(mesh))
-  ckpts = checkpointing.Checkpoints(workdir)
+  ckpts = checkpointing.Checkpoints(workdir, read_only=True)
   try:
     step = config.eval.ckpt_id if step is None else step
     if step < 0:

@@ -72,3 +72,12 @@ def test_refinenets_reject_continuous_labels(name):
   config.training.continuous = True
   with pytest.raises(ValueError, match="takes integer noise-level labels"):
     config_checks.validate_config(config, num_devices=1)
+
+
+def test_an_unknown_sampler_is_refused_before_anything_runs():
+  from configs.vp import digits  # pylint: disable=import-outside-toplevel
+  from score_sde import config_checks  # pylint: disable=import-outside-toplevel
+  config = digits.get_config()
+  config.sampling.method = "euler"
+  with pytest.raises(ValueError, match=r"sampling.method='euler' is not one of \['ddim', 'heun', 'ode', 'pc'\]"):
+    config_checks.validate_config(config)

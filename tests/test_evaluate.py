@@ -117,3 +117,25 @@ def test_stats_mode_then_sample_quality_metrics(trained, tmp_path):
   for key in ("fid", "inception_score", "kid"):
     np.testing.assert_allclose(report[key], expected[key], rtol=1e-12)
   assert report["fid"] > 0 and 1 <= report["inception_score"] <= 10
+
+
+def test_eval_waits_for_a_checkpoint_that_training_writes_later(tmp_path, monkeypatch):
+  import threading  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from score_sde import checkpointing  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(evaluate, "_POLL_SECONDS", 0.05)
+  workdir = str(tmp_path / "w")
+
+  def write_later():
+    writer = checkpointing.Checkpoints(workdir, async_save=False)
+    writer.save(30, {"a": jnp.ones(3)}, snapshot=True)
+    writer.close()
+
+  timer = threading.Timer(0.5, write_later)
+  timer.start()
+  try:
+    evaluate.wait_for_checkpoint(workdir, 30, timeout=60)  # returns once step 30 exists
+  finally:
+    timer.join()
+  with pytest.raises(ValueError, match="checkpoint of step 40 did not appear"):
+    evaluate.wait_for_checkpoint(workdir, 40, timeout=0.2)
