@@ -79,5 +79,6 @@ def test_an_unknown_sampler_is_refused_before_anything_runs():
   from score_sde import config_checks  # pylint: disable=import-outside-toplevel
   config = digits.get_config()
   config.sampling.method = "euler"
-  with pytest.raises(ValueError, match=r"sampling.method='euler' is not one of \['ddim', 'heun', 'ode', 'pc'\]"):
+  # (other tests may register extra samplers in this process: match the registered names loosely)
+  with pytest.raises(ValueError, match=r"sampling.method='euler' is not one of \['ddim', 'heun', 'ode', 'pc'"):
     config_checks.validate_config(config)
