@@ -21,7 +21,6 @@ import math
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from etils import epath
@@ -29,6 +28,7 @@ from jax.experimental import multihost_utils
 import tqdm
 
 from score_sde import checkpointing, config_checks, datasets, generate, image_utils, losses, parallel, sampling
+from score_sde.models import utils as mutils
 
 # How often to look for a checkpoint that training has not written yet.
 _POLL_SECONDS = 60
@@ -123,7 +123,6 @@ class _Context:
     self.pi, self.pc = jax.process_index(), jax.process_count()
     h, c = config.data.image_size, config.data.num_channels
     self.image_shape = (h, h, c)
-    from score_sde.models import utils as mutils  # pylint: disable=g-import-not-at-top
     self.score_fn = mutils.get_score_fn(self.sde, self.model, train=False, continuous=config.training.continuous)
 
   def global_batch(self, images):
@@ -148,44 +147,57 @@ def _first_missing(folder, names):
   return len(names)
 
 
-def eval_loss(ctx, params, step, out):
+# Each evaluator is built once per eval (`make_*(ctx)`: checks its config, compiles nothing yet, loads what it
+# needs once) and then run per checkpoint (`run(params, step, out) -> report entries`), so its jitted functions
+# compile once for the whole checkpoint range.
+def make_loss_eval(ctx):
   """Mean training loss of the EMA parameters over the test split's full batches (padding would bias it)."""
   config = ctx.config
   loss_fn = losses.get_loss_fn_from_config(config, ctx.sde, ctx.model, train=False)
   loss_step = jax.jit(lambda p, x, key: loss_fn(p, ctx.scaler(x), key), out_shardings=ctx.repl)
 
-  def compute():
-    values = []
-    for b, batch in enumerate(_batches(ctx, "test", False, 0, 0)):
-      if _gather(batch["mask"]).min() < 1:  # the padded last batch
-        continue
-      values.append(float(loss_step(params, ctx.global_batch(batch["image"]), ctx.rng(step, 0, b))))
-    if not values:
-      raise ValueError(f"the test split has fewer examples than eval.batch_size={config.eval.batch_size}: lower "
-                       "it to evaluate the loss.")
-    return {"loss": np.array(values)}
+  def run(params, step, out):
 
-  arrays, _ = _unit(out / "loss.npz", compute)
-  return {"eval_loss": float(arrays["loss"].mean())}
+    def compute():
+      values = []
+      for b, batch in enumerate(_batches(ctx, "test", False, 0, 0)):
+        if _gather(batch["mask"]).min() < 1:  # the padded last batch
+          continue
+        values.append(float(loss_step(params, ctx.global_batch(batch["image"]), ctx.rng(step, 0, b))))
+      if not values:
+        raise ValueError(f"the test split has fewer examples than eval.batch_size={config.eval.batch_size}: "
+                         "lower it to evaluate the loss.")
+      return {"loss": np.array(values)}
+
+    arrays, _ = _unit(out / "loss.npz", compute)
+    return {"eval_loss": float(arrays["loss"].mean())}
+
+  return run
 
 
 def _per_example_units(ctx, params, step, out, name, split, dequantize, passes, fn, fields, desc):
-  """Runs `fn(rng, params, data) -> dict of (B,) arrays` over `passes` passes of a split, one npz per batch.
+  """Runs `fn(rng, params, data) -> dict of (B,) arrays [+ 'nfe']` over `passes` passes of a split, one npz per
+  batch.
 
-  Returns {field: all valid values, concatenated} and the seconds spent computing (units done now).
+  Returns ({field: all valid values, concatenated}, the NFE of every batch (0 where fn reports none), the
+  seconds spent computing, the examples computed now).
   """
   n_batches = math.ceil(datasets.num_examples(ctx.config, split) / ctx.config.eval.batch_size)
   folder = out / name
   folder.mkdir(parents=True, exist_ok=True)
-  values = {f: [] for f in fields}
+  values, nfes = {f: [] for f in fields}, []
   seconds, computed = 0.0, 0
+
+  def collect(arrays):
+    for f in fields:
+      values[f].append(arrays[f])
+    nfes.append(float(arrays["nfe"]))
+
   for p in range(passes):
     names = [f"pass_{p}_batch_{b}.npz" for b in range(n_batches)]
     start_batch = _first_missing(folder, names)
     for b in range(start_batch):  # finished before an interruption
-      arrays, _ = _unit(folder / names[b], None)
-      for f in fields:
-        values[f].append(arrays[f])
+      collect(_unit(folder / names[b], None)[0])
     if start_batch == n_batches:
       continue
     iterator = _batches(ctx, split, dequantize, p, start_batch)
@@ -203,15 +215,16 @@ def _per_example_units(ctx, params, step, out, name, split, dequantize, passes, 
       arrays, _ = _unit(folder / names[b], compute)
       seconds += time.perf_counter() - begin
       computed += int(mask.sum())
-      for f in fields:
-        values[f].append(arrays[f])
-  return {f: np.concatenate(v) for f, v in values.items()}, seconds, computed
+      collect(arrays)
+  return {f: np.concatenate(v) for f, v in values.items()}, nfes, seconds, computed
 
 
-def eval_bpd(ctx, params, step, out):
+def make_bpd_eval(ctx):
   """Bits/dim by the probability flow (SPEC.md §6) over eval.bpd_num_repeats dequantised passes."""
   from score_sde import likelihood  # pylint: disable=g-import-not-at-top
   e = ctx.config.eval
+  if e.bpd_num_repeats < 1:
+    raise ValueError(f"eval.bpd_num_repeats={e.bpd_num_repeats} must be >= 1.")
   likelihood_fn = likelihood.get_likelihood_fn(ctx.sde, ctx.score_fn, ctx.inverse_scaler,
                                                hutchinson_type=e.get("bpd_hutchinson", "Rademacher"),
                                                rtol=e.get("bpd_rtol", 1e-5), atol=e.get("bpd_atol", 1e-5))
@@ -220,77 +233,91 @@ def eval_bpd(ctx, params, step, out):
     bpd, _, nfe = likelihood_fn(key, params, data)
     return {"bpd": bpd, "nfe": nfe}
 
-  if e.bpd_num_repeats < 1:
-    raise ValueError(f"eval.bpd_num_repeats={e.bpd_num_repeats} must be >= 1.")
-  values, seconds, computed = _per_example_units(ctx, params, step, out, "bpd", e.bpd_dataset, True,
-                                                 e.bpd_num_repeats, fn, ("bpd",), "bpd")
-  report = {"bpd": float(values["bpd"].mean()), "bpd_stderr": float(values["bpd"].std() / np.sqrt(len(values["bpd"]))),
-            "bpd_examples": int(len(values["bpd"]))}
-  nfes = [float(_load_npz(p)["nfe"]) for p in sorted((out / "bpd").glob("pass_*_batch_*.npz"))]
-  report["bpd_mean_nfe"] = float(np.mean(nfes))
-  if computed:
-    report["bpd_seconds_per_image"] = seconds / computed
-  return report
+  def run(params, step, out):
+    values, nfes, seconds, computed = _per_example_units(ctx, params, step, out, "bpd", e.bpd_dataset, True,
+                                                         e.bpd_num_repeats, fn, ("bpd",), "bpd")
+    bpd = values["bpd"]
+    report = {"bpd": float(bpd.mean()), "bpd_stderr": float(bpd.std() / np.sqrt(len(bpd))),
+              "bpd_examples": int(len(bpd)), "bpd_mean_nfe": float(np.mean(nfes))}
+    if computed:
+      report["bpd_seconds_per_image"] = seconds / computed
+    return report
+
+  return run
 
 
-def eval_vlb(ctx, params, step, out):
+def make_vlb_eval(ctx):
   """The DDPM variational bound in bits/dim (rate + distortion) over the test split, no dequantisation."""
   from score_sde import vlb  # pylint: disable=g-import-not-at-top
+  # Refuses SDEs other than VP (the bound is over the DDPM chain) before any checkpoint is read.
   vlb_fn = vlb.get_vlb_fn(ctx.sde, ctx.score_fn, data_centered=ctx.config.data.centered,
                           model_var=ctx.config.eval.get("vlb_model_var", "fixedlarge"),
                           continuous=ctx.config.training.continuous)
   fields = ("bpd", "rate", "distortion", "prior")
-  values, seconds, computed = _per_example_units(ctx, params, step, out, "vlb", "test", False, 1, vlb_fn, fields,
-                                                 "vlb")
-  report = {f"vlb_{f}": float(values[f].mean()) for f in fields}
-  report["vlb_examples"] = int(len(values["bpd"]))
-  if computed:
-    report["vlb_seconds_per_image"] = seconds / computed
-  return report
+
+  def run(params, step, out):
+    values, _, seconds, computed = _per_example_units(ctx, params, step, out, "vlb", "test", False, 1, vlb_fn,
+                                                      fields, "vlb")
+    report = {f"vlb_{f}": float(values[f].mean()) for f in fields}
+    report["vlb_examples"] = int(len(values["bpd"]))
+    if computed:
+      report["vlb_seconds_per_image"] = seconds / computed
+    return report
+
+  return run
 
 
-def eval_samples(ctx, params, step, out):
+def make_sample_eval(ctx):
   """Draws eval.num_samples samples in rounds, saves each round's uint8 images and features, then scores them."""
   from score_sde import evaluation  # pylint: disable=g-import-not-at-top
   config = ctx.config
   num_samples, batch = int(config.eval.num_samples), int(config.eval.batch_size)
   if num_samples < 2:
     raise ValueError(f"eval.num_samples={num_samples}: FID / KID need at least 2 samples.")
-  ref_stats = evaluation.load_stats(evaluation.stats_path(config))  # fail before sampling, not after
+  ref_stats = evaluation.load_stats(evaluation.stats_path(config))  # a missing file fails before any work
   feature_fn = evaluation.get_feature_fn(config)
   sampler = sampling.get_sampling_fn(config, ctx.sde, ctx.score_fn, (batch,) + ctx.image_shape, ctx.inverse_scaler,
                                      ctx.sde.default_sampling_eps, sharding=parallel.sampler_sharding(ctx.mesh))
   sample_fn = jax.jit(sampler, out_shardings=(ctx.batch_sharding, ctx.repl))
-  folder = out / "samples"
-  folder.mkdir(parents=True, exist_ok=True)
   rounds = math.ceil(num_samples / batch)
-  pool, logits, seconds, drawn, nfe = [], [], 0.0, 0, None
-  for r in tqdm.trange(rounds, desc=f"sampling step {step}", disable=not ctx.is_main):
 
-    def compute(r=r):
-      samples, round_nfe = sample_fn(ctx.rng(step, 1000, r), params)
-      images = image_utils.to_uint8(_gather(samples)[:min(batch, num_samples - r * batch)])
-      features = feature_fn(images)
-      if ctx.is_main and r == 0:
-        with (folder / "samples_0.png").open("wb") as f:
-          image_utils.save_grid(images[:256], f, scale=4 if images.shape[1] <= 32 else 1)
-      return {"samples": images, "pool_3": features["pool_3"], "logits": features["logits"],
-              "nfe": np.asarray(round_nfe)}
+  def run(params, step, out):
+    folder = out / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    pool, logits, seconds, drawn, nfe = [], [], 0.0, 0, None
+    for r in tqdm.trange(rounds, desc=f"sampling step {step}", disable=not ctx.is_main):
 
-    begin = time.perf_counter()
-    arrays, new = _unit(folder / f"samples_{r}.npz", compute)
-    if new:
-      seconds += time.perf_counter() - begin
-      drawn += len(arrays["samples"])
-    nfe = int(arrays["nfe"])
-    pool.append(arrays["pool_3"])
-    logits.append(arrays["logits"])
-  metrics = evaluation.compute_metrics(np.concatenate(pool), np.concatenate(logits), ref_stats)
-  report = {k: float(v) for k, v in metrics.items()}
-  report.update(num_samples=num_samples, sampling_nfe=nfe)
-  if drawn:
-    report["sampling_seconds_per_image"] = seconds / drawn
-  return report
+      def compute(r=r):
+        samples, round_nfe = sample_fn(ctx.rng(step, 1000, r), params)
+        images = image_utils.to_uint8(_gather(samples)[:min(batch, num_samples - r * batch)])
+        features = feature_fn(images)
+        if ctx.is_main and r == 0:
+          with (folder / "samples_0.png").open("wb") as f:
+            image_utils.save_grid(images[:256], f, scale=4 if images.shape[1] <= 32 else 1)
+        return {"samples": images, "pool_3": features["pool_3"], "logits": features["logits"],
+                "nfe": np.asarray(round_nfe)}
+
+      begin = time.perf_counter()
+      arrays, new = _unit(folder / f"samples_{r}.npz", compute)
+      if new:
+        seconds += time.perf_counter() - begin
+        drawn += len(arrays["samples"])
+      nfe = int(arrays["nfe"])
+      pool.append(arrays["pool_3"])
+      logits.append(arrays["logits"])
+    metrics = evaluation.compute_metrics(np.concatenate(pool), np.concatenate(logits), ref_stats)
+    report = {k: float(v) for k, v in metrics.items()}
+    report.update(num_samples=num_samples, sampling_nfe=nfe)
+    if drawn:
+      report["sampling_seconds_per_image"] = seconds / drawn
+    return report
+
+  return run
+
+
+# Report order: loss, bpd, VLB, samples.
+_EVALUATORS = (("enable_loss", make_loss_eval), ("enable_bpd", make_bpd_eval), ("enable_vlb", make_vlb_eval),
+               ("enable_sampling", make_sample_eval))
 
 
 # ---------------------------------------------------------------------------------------------------- driver
@@ -319,15 +346,12 @@ def _fmt(v):
 def evaluate(config, workdir, eval_folder="eval"):
   """Evaluates checkpoints begin_ckpt..end_ckpt of `workdir`; returns {step: report}."""
   e = config.eval
-  if not (e.enable_loss or e.enable_bpd or e.enable_vlb or e.enable_sampling):
+  wanted = [make for flag, make in _EVALUATORS if e[flag]]
+  if not wanted:
     raise ValueError("nothing to evaluate: set one of eval.enable_loss, enable_bpd, enable_vlb, enable_sampling.")
   steps = checkpoint_steps(config)
   ctx = _Context(config, workdir, eval_folder)
-  if e.enable_vlb and not ctx.sde.__class__.__name__ == "VPSDE":
-    raise ValueError(f"eval.enable_vlb needs a VP SDE (the DDPM chain); this config trains {config.training.sde}.")
-  if e.enable_sampling:  # a missing stats file is an error now, not after the first checkpoint's other work
-    from score_sde import evaluation  # pylint: disable=g-import-not-at-top
-    evaluation.load_stats(evaluation.stats_path(config))
+  evaluators = [make(ctx) for make in wanted]  # bad settings and missing files fail here, before any work
   reports = {}
   for step in steps:
     wait_for_checkpoint(workdir, step, float(e.get("ckpt_wait_secs", 6 * 3600)))
@@ -336,14 +360,8 @@ def evaluate(config, workdir, eval_folder="eval"):
     out = ctx.eval_dir / f"ckpt_{step}"
     out.mkdir(parents=True, exist_ok=True)
     report = {"step": step}
-    if e.enable_loss:
-      report.update(eval_loss(ctx, params, step, out))
-    if e.enable_bpd:
-      report.update(eval_bpd(ctx, params, step, out))
-    if e.enable_vlb:
-      report.update(eval_vlb(ctx, params, step, out))
-    if e.enable_sampling:
-      report.update(eval_samples(ctx, params, step, out))
+    for run in evaluators:
+      report.update(run(params, step, out))
     _write_reports(ctx, step, out, report)
     summary = ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(report.items()) if k != "step")
     logging.info("Step %d: %s", step, summary)
