@@ -17,6 +17,7 @@ import pytest
 from scipy import stats
 
 from score_sde import datasets, likelihood, sampling, sde_lib
+from tests import score_oracles
 
 TAIL = (1, 1, 4)
 D = 4
@@ -40,15 +41,7 @@ def _coefficients(sde, t):
 
 
 def gaussian_score(sde, mu=MU, sd=SD):
-  mu, sd = (jnp.asarray(v, jnp.float32).reshape(TAIL) for v in (mu, sd))
-
-  def score_fn(params, x, t, rng=None):
-    del params, rng
-    m, std = sde.marginal_prob(jnp.ones_like(t), t)
-    m, std = m.reshape((-1, 1, 1, 1)), std.reshape((-1, 1, 1, 1))
-    return -(x - m * mu) / ((m * sd) ** 2 + std ** 2)
-
-  return score_fn
+  return score_oracles.gaussian_score(sde, np.reshape(mu, TAIL), np.reshape(sd, TAIL))
 
 
 def gaussian_flow(sde, x, mu=MU, sd=SD):
@@ -110,12 +103,7 @@ def test_rademacher_bpd_latent_and_nfe():
   augmented drift (a host callback counts the score evaluations)."""
   sde = SDES["vp"]()
   base = gaussian_score(sde)
-  counter = []
-
-  def counted(params, x, t, rng=None):
-    jax.debug.callback(lambda: counter.append(1))
-    return base(params, x, t)
-
+  counted, counter = score_oracles.counting(base)
   x = gaussian_data(16, seed=5)
   bpd, z, nfe = likelihood.get_likelihood_fn(sde, counted, centred, hutchinson_type="Rademacher", eps=EPS)(
       jax.random.PRNGKey(0), None, to_batch(x))

@@ -20,6 +20,7 @@ import pytest
 from scipy import integrate, stats
 
 from score_sde import sampling, sde_lib
+from tests import score_oracles
 
 # ------------------------------------------------------------------------------------------------ the data law
 # Per channel: weight of component 1 (component 2 gets the rest), means and stds of the two components.
@@ -297,12 +298,7 @@ def test_ode_nfe_formula_matches_an_explicit_count(method):
   """The NFE reported from diffrax's step statistics equals the number of drift evaluations, counted with a
   host callback (used only here)."""
   sde = SDES["vp"]()
-  base = mixture_score(sde)
-  counter = []
-
-  def counted(params, x, t, rng=None):
-    jax.debug.callback(lambda: counter.append(1))
-    return base(params, x, t)
+  counted, counter = score_oracles.counting(mixture_score(sde))
 
   sampler = sampling.get_ode_sampler(sde, counted, (8,) + TAIL, identity, method=method, rtol=1e-4, atol=1e-4)
   _, nfe = sampler(jax.random.PRNGKey(0), None)

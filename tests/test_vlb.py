@@ -19,6 +19,7 @@ from scipy import integrate, stats
 
 from score_sde import sde_lib, vlb
 from score_sde.models import utils as mutils
+from tests import score_oracles
 
 TAIL = (1, 1, 4)
 D = 4
@@ -30,17 +31,6 @@ def to_batch(x):
   return jnp.asarray(np.asarray(x).reshape((-1,) + TAIL), jnp.float32)
 
 
-def gaussian_score(sde, mu, sd):
-  """Exact score of N(m(t) mu, m(t)^2 s^2 + std(t)^2); mu and sd broadcast against x (B, 1, 1, 4)."""
-  mu, sd = jnp.asarray(mu, jnp.float32), jnp.asarray(sd, jnp.float32)
-
-  def score_fn(params, x, t, rng=None):
-    del params, rng
-    m, std = sde.marginal_prob(jnp.ones_like(t), t)
-    m, std = m.reshape((-1, 1, 1, 1)), std.reshape((-1, 1, 1, 1))
-    return -(x - m * mu) / ((m * sd) ** 2 + std ** 2)
-
-  return score_fn
 
 
 def prior_bits(consts, x):
@@ -69,7 +59,7 @@ def test_gaussian_rate_matches_its_closed_form(model_var):
   sde = sde_lib.VPSDE(0.1, 20.0, num_steps)
   consts = vlb.chain_constants(sde, model_var)
   x = MU + SD * np.random.RandomState(0).randn(n, D)
-  out = vlb.get_vlb_fn(sde, gaussian_score(sde, MU.reshape(TAIL), SD.reshape(TAIL)), model_var=model_var)(
+  out = vlb.get_vlb_fn(sde, score_oracles.gaussian_score(sde, MU.reshape(TAIL), SD.reshape(TAIL)), model_var=model_var)(
       jax.random.PRNGKey(1), None, to_batch(x))
   np.testing.assert_allclose(np.asarray(out["prior"]), prior_bits(consts, x), rtol=1e-5, atol=1e-9)
   abar = consts["abar"][1:, None]
@@ -88,7 +78,7 @@ def test_prior_term_is_about_ten_micro_bits_for_the_ddpm_chain():
   """The DDPM paper's figure: L_T ~ 1e-5 bits/dim for [-1, 1] data at beta 1e-4..0.02, N = 1000."""
   sde = sde_lib.VPSDE(0.1, 20.0, 1000)
   x = 2.0 * np.random.RandomState(0).randint(0, 256, (64, D)) / 255.0 - 1.0
-  out = vlb.get_vlb_fn(sde, gaussian_score(sde, 0.0, 0.5))(jax.random.PRNGKey(0), None, to_batch(x))
+  out = vlb.get_vlb_fn(sde, score_oracles.gaussian_score(sde, 0.0, 0.5))(jax.random.PRNGKey(0), None, to_batch(x))
   prior = np.asarray(out["prior"])
   np.testing.assert_allclose(prior, prior_bits(vlb.chain_constants(sde), x), rtol=1e-5, atol=1e-12)
   assert 5e-6 < prior.mean() < 2e-5, prior.mean()
@@ -160,7 +150,7 @@ CASES = [(True, "fixedlarge"), (True, "fixedsmall"), (False, "fixedsmall")]
 
 def point_mass_score(sde):
   """The exact score of a point mass at params (broadcast against x): (sqrt(abar) params - x) / (1 - abar)."""
-  return lambda params, x, t, rng=None: gaussian_score(sde, params, 0.0)(None, x, t)
+  return lambda params, x, t, rng=None: score_oracles.gaussian_score(sde, params, 0.0)(None, x, t)
 
 
 @pytest.mark.parametrize("centered,model_var", CASES)
