@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from score_sde import datasets, inception
+from score_sde import datasets, files, inception
 
 NUM_FEATURES = 128
 NUM_CLASSES = 10
@@ -148,10 +148,7 @@ def save(path, params, image_size, info):
   arrays = {f"params/{k}": np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
   meta = {"meta/version": FORMAT_VERSION, "meta/image_size": image_size,
           "meta/test_accuracy": info["test_accuracy"], "meta/train_seconds": info["train_seconds"]}
-  tmp = path.parent / (path.name + ".tmp")
-  with tmp.open("wb") as f:
-    np.savez(f, **arrays, **meta)
-  tmp.replace(path)
+  files.save_npz(path, arrays | meta)
 
 
 def load(path, image_size):

@@ -27,7 +27,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 import tqdm
 
-from score_sde import checkpointing, config_checks, datasets, generate, image_utils, losses, parallel, sampling
+from score_sde import (checkpointing, config_checks, datasets, files, generate, image_utils, losses, parallel,
+                       sampling)
 from score_sde.models import utils as mutils
 
 # How often to look for a checkpoint that training has not written yet.
@@ -80,12 +81,8 @@ def _load_npz(path):
 
 def _save_npz(path, arrays):
   """Writes `path` atomically (tmp file, then rename): a unit on disk is always complete."""
-  if jax.process_index() != 0:
-    return
-  tmp = path.parent / (path.name + ".tmp")
-  with tmp.open("wb") as f:
-    np.savez(f, **arrays)
-  tmp.replace(path)
+  if jax.process_index() == 0:
+    files.save_npz(path, arrays)
 
 
 def _unit(path, compute):
@@ -324,9 +321,7 @@ _EVALUATORS = (("enable_loss", make_loss_eval), ("enable_bpd", make_bpd_eval), (
 def _write_reports(ctx, step, out, report):
   if not ctx.is_main:
     return
-  with (out / "report.json.tmp").open("w") as f:
-    json.dump(report, f, indent=1, sort_keys=True)
-  (out / "report.json.tmp").replace(out / "report.json")
+  files.write_atomically(out / "report.json", lambda f: json.dump(report, f, indent=1, sort_keys=True), "w")
   _save_npz(out / "report.npz", {k: np.asarray(v) for k, v in report.items()})
   lines = ["| step | " + " | ".join(sorted(report)) + " |", "|" + "---|" * (len(report) + 1)]
   for path in sorted(ctx.eval_dir.glob("ckpt_*/report.json"), key=lambda p: int(p.parent.name.split("_")[1])):
@@ -334,9 +329,7 @@ def _write_reports(ctx, step, out, report):
       r = json.load(f)
     lines.append(f"| {path.parent.name.split('_')[1]} | " +
                  " | ".join(_fmt(r.get(k, "")) for k in sorted(report)) + " |")
-  with (ctx.eval_dir / "report.md.tmp").open("w") as f:
-    f.write("\n".join(lines) + "\n")
-  (ctx.eval_dir / "report.md.tmp").replace(ctx.eval_dir / "report.md")
+  files.write_atomically(ctx.eval_dir / "report.md", lambda f: f.write("\n".join(lines) + "\n"), "w")
 
 
 def _fmt(v):

@@ -19,7 +19,7 @@ from etils import epath
 from scipy import linalg
 from scipy import special
 
-from score_sde import digits_classifier, inception
+from score_sde import digits_classifier, files, inception
 
 # Added to both covariances when sqrtm(S1 S2) is not finite (singular products, e.g. fewer samples than
 # features): the usual remedy of the FID reference code (Heusel et al. 2017). It moves FID by about
@@ -179,10 +179,7 @@ def save_stats(path, features):
   mu, sigma = feature_stats(features)
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / (path.name + ".tmp")
-  with tmp.open("wb") as f:
-    np.savez(f, pool_3=features.astype(np.float32), mu=mu, sigma=sigma)
-  tmp.replace(path)
+  files.save_npz(path, {"pool_3": features.astype(np.float32), "mu": mu, "sigma": sigma})
 
 
 def load_stats(path):

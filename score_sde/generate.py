@@ -15,7 +15,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 import tqdm
 
-from score_sde import checkpointing, config_checks, datasets, image_utils, losses, parallel, sampling
+from score_sde import checkpointing, config_checks, datasets, files, image_utils, losses, parallel, sampling
 from score_sde.models import utils as mutils
 
 
@@ -40,13 +40,6 @@ def restore_ema_params(config, workdir, model, mesh, step=None):
   finally:
     ckpts.close()
   return int(state.step), state.ema_params
-
-
-def _write_atomically(path, write):
-  tmp = path.parent / (path.name + ".tmp")
-  with tmp.open("wb") as f:
-    write(f)
-  tmp.replace(path)
 
 
 def sample(config, workdir, eval_folder="eval"):
@@ -81,8 +74,8 @@ def sample(config, workdir, eval_folder="eval"):
     drawn += len(images)
     if is_main:
       # The npz is the round's 'done' marker, so it is written last.
-      _write_atomically(folder / f"samples_{r}.png", lambda f, x=images: image_utils.save_grid(x, f))
-      _write_atomically(path, lambda f, x=images: np.savez_compressed(f, samples=x))
+      files.write_atomically(folder / f"samples_{r}.png", lambda f, x=images: image_utils.save_grid(x, f))
+      files.write_atomically(path, lambda f, x=images: np.savez_compressed(f, samples=x))
   if drawn:
     logging.info("Sampled %d images (%d rounds skipped as done) from step %d: NFE %d per sample, %.2f images/s "
                  "-> %s", drawn, done, step, int(nfe), drawn / seconds, folder)

@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from score_sde import files
+
 INPUT_SIZE = 299
 NUM_FEATURES = 2048
 NUM_LOGITS = 1008
@@ -264,10 +266,7 @@ def save_variables(path, variables):
   """Writes variables as an .npz of '/'-joined variable paths (atomically: a temp file, then a rename)."""
   path = epath.Path(path)
   flat = {"/".join(k): np.asarray(v, np.float32) for k, v in traverse_util.flatten_dict(variables).items()}
-  tmp = path.parent / (path.name + ".tmp")
-  with tmp.open("wb") as f:
-    np.savez(f, **flat)
-  tmp.replace(path)
+  files.save_npz(path, flat)
 
 
 def load_variables(path):
