@@ -1,9 +1,9 @@
 """Interleaved A/B timing of train-step variants in one process (robust to a noisy, shared machine).
 
   python benchmarks/ab_step.py --small --batch 32 --repeats 20 \
-      '{"lax": {"set": {"score_sde.models.layers.CONV_IMPL": "lax"}}, "default": {}}'
+      '{"xla": {"cfg": {"training.conv_impl": "xla"}}, "onednn": {"cfg": {"training.conv_impl": "onednn"}}}'
 
-Each variant is {"set": {"module.attr": value}, "opts": {XLA compiler option: value}, "cfg": {"model.key": v}}:
+Each variant is {"set": {"module.attr": value}, "opts": {XLA compiler option: value}, "cfg": {"section.key": v}}:
 `set` assigns module attributes before the step is traced (a string "py:EXPR" is evaluated, with `nn`
 = flax.linen, `layers` = score_sde.models.layers and `fast_dropout` = the original layers.Dropout in scope; assignments persist into later variants, so
 give every variant all the attributes you vary), `opts` are per-compile XLA options (the same names as
@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.train_step import benchmark_config  # noqa: E402  pylint: disable=wrong-import-position
 from score_sde import config_checks, losses  # noqa: E402  pylint: disable=wrong-import-position
 from score_sde.models import layers  # noqa: E402,F401  pylint: disable=wrong-import-position
+from score_sde.models import onednn_conv  # noqa: E402  pylint: disable=wrong-import-position
 from score_sde.models import utils as mutils  # noqa: E402  pylint: disable=wrong-import-position
 
 fast_dropout = layers.Dropout  # the repo's Dropout, kept under a name that "set" cannot overwrite
@@ -46,7 +47,7 @@ def build(args, cfg_overrides):
                                jax.random.PRNGKey(0))
   state = losses.create_train_state(params, optimizer)
   step = losses.get_train_step(losses.get_loss_fn_from_config(config, sde, model, train=True), optimizer,
-                               config.model.ema_rate)
+                               config.model.ema_rate, onednn_conv.resolve_impl(config.training.conv_impl))
   batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (b, s, s, c))}
   return jax.jit(step, donate_argnums=0), state, batch
 

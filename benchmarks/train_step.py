@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde import config_checks, losses
+from score_sde.models import onednn_conv
 from score_sde.models import utils as mutils
 
 
@@ -58,24 +59,29 @@ def matmul_flops(n=4096, repeats=5):
 
 
 def compile_step(config):
-  """(compiled train step, its state, batch, rng, FLOPs, compile seconds, parameter count) for `config`."""
+  """(compiled train step, its state, batch, rng, FLOPs, compile seconds, parameter count) for `config`.
+
+  The convs run as `training.conv_impl` resolves on this machine (`onednn_conv.resolve_impl`); FLOPs come
+  from XLA's cost analysis of the same step with XLA's convs (custom calls report none).
+  """
   sde, model = config_checks.validate_config(config)
   b, s, c = config.training.batch_size, config.data.image_size, config.data.num_channels
   optimizer = losses.get_optimizer(config.optim)
   label_dtype = jnp.float32 if config.training.continuous else jnp.int32
   params = mutils.compile_once(lambda k: mutils.init_params(model, k, (1, s, s, c), label_dtype), jax.random.PRNGKey(0))
   state = losses.create_train_state(params, optimizer)
-  step = losses.get_train_step(losses.get_loss_fn_from_config(config, sde, model, train=True), optimizer,
-                               config.model.ema_rate)
-  p_step = jax.jit(step, donate_argnums=0)
+  loss_fn = losses.get_loss_fn_from_config(config, sde, model, train=True)
   batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (b, s, s, c))}
   rng = jax.random.PRNGKey(2)
+  conv_impl = onednn_conv.resolve_impl(config.training.conv_impl)
+  xla_step = losses.get_train_step(loss_fn, optimizer, config.model.ema_rate, "xla")
+  cost = jax.jit(xla_step).lower(state, batch, rng).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", float("nan")))
+  p_step = jax.jit(losses.get_train_step(loss_fn, optimizer, config.model.ema_rate, conv_impl), donate_argnums=0)
   start = time.perf_counter()
   compiled = p_step.lower(state, batch, rng).compile()
   compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan")))
   return compiled, state, batch, rng, flops, compile_s, mutils.count_params(params)
 
 
@@ -125,19 +131,24 @@ def main():
   parser.add_argument("--batch", type=int, default=None)
   parser.add_argument("--small", action="store_true")
   parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--conv_impl", default=None, choices=onednn_conv.IMPLS,
+                      help="training.conv_impl for the step (default: the config's, 'auto')")
   parser.add_argument("--data", action="store_true", help="also time the input pipeline alone")
   parser.add_argument("--mock_data", type=int, default=0,
                       help="time the input pipeline on this many TFDS mock examples (no download needed)")
   args = parser.parse_args()
 
   config = benchmark_config(args.config, args.small, args.batch)
+  if args.conv_impl:
+    config.training.conv_impl = args.conv_impl
   if args.data:
     print(input_pipeline_speed(config, args.mock_data))
   b, s, c = config.training.batch_size, config.data.image_size, config.data.num_channels
   times, flops, compile_s, n_params = time_step(config, args.repeats)
   median = float(np.median(times))
   print(f"config={args.config}{' (small)' if args.small else ''} batch={b} image={s}x{s}x{c} "
-        f"params={n_params:,} devices={jax.device_count()} backend={jax.default_backend()}")
+        f"params={n_params:,} devices={jax.device_count()} backend={jax.default_backend()} "
+        f"convs={onednn_conv.resolve_impl(config.training.conv_impl)}")
   print(f"compile: {compile_s:.1f} s")
   print(f"train step: median {median * 1e3:.1f} ms (min {times.min() * 1e3:.1f}, max {times.max() * 1e3:.1f}, "
         f"n={len(times)}) -> {1 / median:.2f} steps/s, {b / median:.1f} images/s")

@@ -9,7 +9,7 @@ are) with a fixed seed, so every machine gets the same network up to floating-po
 config's image size: 30 epochs of 11 AdamW steps (batch 128), ~10 s on a 2-core CPU, ~97.6% test accuracy
 at 16x16. `get_classifier` trains it on first use and caches it in `classifier_path(config)`:
 config.eval.classifier_path when set, else `<cache_dir>/digits_classifier_<size>px.npz` (cache_dir as in
-`inception.cache_dir`: $SCORE_SDE_CACHE, else ~/.cache/score_sde). `evaluate_accuracy(config)` reports its
+`files.cache_dir`: $SCORE_SDE_CACHE, else ~/.cache/score_sde). `evaluate_accuracy(config)` reports its
 accuracy on the held-out 297 digits.
 """
 import os
@@ -132,7 +132,7 @@ def train(config):
 
 def classifier_path(config):
   return config.eval.get("classifier_path", "") or os.path.join(
-      inception.cache_dir(), f"digits_classifier_{config.data.image_size}px.npz")
+      files.cache_dir(), f"digits_classifier_{config.data.image_size}px.npz")
 
 
 def _expected_shapes(image_size):

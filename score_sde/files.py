@@ -1,4 +1,6 @@
-"""Result files that a reader, or a resumed run, never sees half-written."""
+"""Result files that a reader, or a resumed run, never sees half-written; where cached files live."""
+import os
+
 import numpy as np
 from etils import epath
 
@@ -16,3 +18,11 @@ def write_atomically(path, write, mode="wb"):
 def save_npz(path, arrays):
   """`np.savez` of the dict `arrays` to `path`, atomically (see `write_atomically`)."""
   write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+def cache_dir():
+  """Downloaded weights, trained helper networks and built native code: $SCORE_SDE_CACHE, else
+  $XDG_CACHE_HOME/score_sde, else ~/.cache/score_sde."""
+  if os.environ.get("SCORE_SDE_CACHE"):
+    return os.environ["SCORE_SDE_CACHE"]
+  return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "score_sde")

@@ -296,20 +296,13 @@ def load_variables(path):
   return jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), traverse_util.unflatten_dict(stored))
 
 
-def cache_dir():
-  """$SCORE_SDE_CACHE, else $XDG_CACHE_HOME/score_sde, else ~/.cache/score_sde."""
-  if os.environ.get("SCORE_SDE_CACHE"):
-    return os.environ["SCORE_SDE_CACHE"]
-  return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "score_sde")
-
-
 def resolve_path(inception_path):
   """`config.eval.inception_path` -> a readable path; an http(s) URL is downloaded once into `cache_dir()`."""
   if not inception_path:
     raise ValueError(f"eval.inception_path is not set: {HOW_TO_GET}.")
   if not inception_path.startswith(("http://", "https://")):
     return inception_path
-  local = os.path.join(cache_dir(), os.path.basename(inception_path.split("?")[0]) or "inception_fid.npz")
+  local = os.path.join(files.cache_dir(), os.path.basename(inception_path.split("?")[0]) or "inception_fid.npz")
   if not os.path.exists(local):
     os.makedirs(os.path.dirname(local), exist_ok=True)
     try:

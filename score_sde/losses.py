@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from score_sde import sde_lib
+from score_sde.models import layers
 from score_sde.models import utils as mutils
 
 
@@ -149,11 +150,16 @@ def get_loss_fn_from_config(config, sde, model, train):
 
 
 # ---------------------------------------------------------------------------------------------------- steps
-def get_train_step(loss_fn, optimizer, ema_rate):
-  """`train_step(state, batch, rng) -> (state, metrics)`: one Adam update and one EMA update."""
+def get_train_step(loss_fn, optimizer, ema_rate, conv_impl="xla"):
+  """`train_step(state, batch, rng) -> (state, metrics)`: one Adam update and one EMA update.
+
+  `conv_impl` ('xla' or 'onednn', see `onednn_conv.resolve_impl`) computes the network's convs and their
+  gradients; the parameters and the math are the same either way.
+  """
 
   def train_step(state, batch, rng):
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch["image"], rng)
+    with layers.conv_impl(conv_impl):
+      loss, grads = jax.value_and_grad(loss_fn)(state.params, batch["image"], rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = optax.incremental_update(params, state.ema_params, step_size=1.0 - ema_rate)

@@ -20,6 +20,7 @@ from clu import metric_writers
 from clu import periodic_actions
 
 from score_sde import checkpointing, config_checks, datasets, image_utils, losses, parallel, sampling
+from score_sde.models import onednn_conv
 from score_sde.models import utils as mutils
 
 
@@ -165,8 +166,10 @@ def train(config, workdir):
 
   # ---- compiled steps
   scaler = datasets.get_data_scaler(config)
+  conv_impl = onednn_conv.resolve_impl(t.get("conv_impl", "auto"), mesh.devices.flat)
+  logging.info("Train-step convs: %s.", conv_impl)
   train_step = losses.get_train_step(losses.get_loss_fn_from_config(config, sde, model, train=True), optimizer,
-                                     config.model.ema_rate)
+                                     config.model.ema_rate, conv_impl)
   eval_step = losses.get_eval_step(losses.get_loss_fn_from_config(config, sde, model, train=False))
 
   # XLA:CPU runs a train step inside a while loop (lax.scan) or on a dynamically sliced batch ~40x slower

@@ -3,6 +3,7 @@
 Convs created by these helpers are plain `nn.Conv` modules made inside the caller's compact method, so
 they take the caller's automatic names (`Conv_0`, `Conv_1`, ...) exactly as the 2021 checkpoints expect.
 """
+import contextlib
 import math
 import os
 
@@ -10,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from score_sde.models import onednn_conv
 
 
 def default_init(scale=1.0):
@@ -27,24 +30,46 @@ def default_init(scale=1.0):
 # How `nn.Conv` modules made by the helpers below compute. 1x1 convs are per-pixel matmuls: as `jnp.dot`
 # on (N*H*W, C) their backward pass is two plain matmuls, where XLA:CPU otherwise lowers the kernel
 # gradient as a window-HxW convolution on transposed copies of the activations (measured: small DDPM++
-# train step on a 2-core AVX-512 CPU, about -5 ms of ~145 ms). Everything else goes to
-# `lax.conv_general_dilated` unchanged. Parameters (`Conv_k/kernel` HWIO, `Conv_k/bias`) are the same
-# either way; set `CONV_IMPL = "lax"` (or env SCORE_SDE_CONV_IMPL=lax) to route every conv to lax.
+# train step on a 2-core AVX-512 CPU, about -5 ms of ~145 ms). Other convs go to
+# `lax.conv_general_dilated`, or, inside `conv_impl("onednn")` (the CPU train step, see
+# `losses.get_train_step`), to oneDNN's kernels (`onednn_conv.py`). Parameters (`Conv_k/kernel` HWIO,
+# `Conv_k/bias`) are the same every way; set `CONV_IMPL = "lax"` (or env SCORE_SDE_CONV_IMPL=lax) to send
+# 1x1 convs to lax as well.
 CONV_IMPL = os.environ.get("SCORE_SDE_CONV_IMPL", "dot1x1")
+_ACTIVE_IMPL = ["xla"]  # set by `conv_impl` while a function is traced
+
+
+@contextlib.contextmanager
+def conv_impl(name):
+  """Convs traced within the block use `name`: 'xla' or 'onednn' (reverse-mode autodiff only). Trace a
+  fresh function inside it: `jax.jit` reuses an earlier trace of the same function whatever the block."""
+  if name not in ("xla", "onednn"):
+    raise ValueError(f"conv implementation {name!r} is not one of ['xla', 'onednn'].")
+  _ACTIVE_IMPL.append(name)
+  try:
+    yield
+  finally:
+    _ACTIVE_IMPL.pop()
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None):
-  """`lax.conv_general_dilated` as `nn.Conv` calls it, with 1x1 stride-1 NHWC convs done as a matmul."""
-  is_1x1 = (CONV_IMPL == "dot1x1" and lhs.ndim == 4 and tuple(rhs.shape[:2]) == (1, 1)
-            and tuple(window_strides) == (1, 1) and feature_group_count == 1
-            and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
-            and (padding in ("SAME", "VALID") or all(tuple(p) == (0, 0) for p in padding))
-            and tuple(dimension_numbers) == tuple(lax.conv_dimension_numbers(lhs.shape, rhs.shape,
-                                                                              ("NHWC", "HWIO", "NHWC"))))
+  """`lax.conv_general_dilated` as `nn.Conv` calls it, with 1x1 stride-1 NHWC convs done as a matmul and
+  the rest in oneDNN within `conv_impl("onednn")`."""
+  plain = (lhs.ndim == 4 and feature_group_count == 1
+           and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
+           and tuple(dimension_numbers) == tuple(lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                                                             ("NHWC", "HWIO", "NHWC"))))
+  is_1x1 = (CONV_IMPL == "dot1x1" and plain and tuple(rhs.shape[:2]) == (1, 1)
+            and tuple(window_strides) == (1, 1)
+            and (padding in ("SAME", "VALID") or all(tuple(p) == (0, 0) for p in padding)))
   if is_1x1:
     c, o = rhs.shape[2:]
     return jnp.dot(lhs.reshape(-1, c), rhs.reshape(c, o), precision=precision).reshape(lhs.shape[:-1] + (o,))
+  if _ACTIVE_IMPL[-1] == "onednn" and plain and lhs.dtype == rhs.dtype == jnp.float32:
+    if isinstance(padding, str):
+      padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+    return onednn_conv.conv2d(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                   rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                   feature_group_count=feature_group_count, precision=precision)

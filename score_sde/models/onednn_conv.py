@@ -1,0 +1,154 @@
+"""2-D convolutions on the CPU through oneDNN (XLA FFI custom calls), for the train step.
+
+XLA:CPU computes a conv's kernel gradient as a whole-image-window convolution over transposed activations;
+oneDNN (the library PyTorch uses on CPUs) has direct AVX-512 kernels for the forward pass and both
+gradients. `conv2d(x, w, strides, padding)` is `lax.conv_general_dilated` for NHWC activations and HWIO
+kernels, with a custom VJP whose forward and backward passes are one custom call each
+(`onednn_conv.cc`). It is reverse-mode only (forward-mode `jvp` is not defined), so `layers` routes a
+conv here only inside `layers.conv_impl("onednn")`, which `losses.get_train_step` opens around the loss
+and its gradient.
+
+The C++ source is compiled on first use (about 3 s, g++) against the installed `onednn-cpu-gomp` and
+`onednn-devel-cpu-gomp` wheels and jaxlib's FFI headers, and cached under `files.cache_dir()/native/`,
+keyed by the source, jax and oneDNN versions. Which implementation a run uses is `training.conv_impl`:
+'auto' picks oneDNN for a single-device, single-process CPU run on Linux x86-64 and XLA otherwise (a
+custom call has no sharding rule, so across several devices XLA's own conv is the one that splits).
+"""
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import numpy as np
+
+from score_sde import files
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
+TARGETS = ("OnednnConvFwd", "OnednnConvBwd")
+ONEDNN_WHEELS = ("onednn-cpu-gomp", "onednn-devel-cpu-gomp")
+IMPLS = ("auto", "xla", "onednn")
+CXXFLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC")
+
+
+def platform_supported():
+  """oneDNN's CPU wheels exist for Linux x86-64 only."""
+  return platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")
+
+
+def resolve_impl(name, devices=None):
+  """'xla' or 'onednn' for `training.conv_impl` = `name` on `devices` (default: all of them)."""
+  if name not in IMPLS:
+    raise ValueError(f"training.conv_impl={name!r} is not one of {list(IMPLS)}.")
+  if name != "auto":
+    return name
+  devices = jax.devices() if devices is None else list(devices)
+  single_cpu = len(devices) == 1 and devices[0].platform == "cpu" and jax.process_count() == 1
+  return "onednn" if single_cpu and platform_supported() else "xla"
+
+
+def _wheel_file(distribution, suffix):
+  """Absolute path of the file ending in `suffix` that pip installed for `distribution`."""
+  try:
+    found = [f for f in importlib.metadata.files(distribution) or () if f"/{f}".endswith(suffix)]
+  except importlib.metadata.PackageNotFoundError:
+    found = []
+  if not found:
+    raise RuntimeError(f"training.conv_impl='onednn' needs the {distribution!r} wheel: "
+                       f"pip install {' '.join(ONEDNN_WHEELS)} (or set training.conv_impl='xla').")
+  return os.path.realpath(found[0].locate())
+
+
+def _build(path):
+  """Compiles `onednn_conv.cc` into the shared library `path` (atomically: a temp file, then rename)."""
+  compiler = shutil.which(os.environ.get("CXX") or "g++") or (None if os.environ.get("CXX") else shutil.which("c++"))
+  if not compiler:
+    raise RuntimeError("training.conv_impl='onednn' compiles a small C++ file on first use and found no "
+                       "C++ compiler: install g++ (or set CXX), or set training.conv_impl='xla'.")
+  header = _wheel_file("onednn-devel-cpu-gomp", "oneapi/dnnl/dnnl.hpp")
+  include_dir = os.path.dirname(os.path.dirname(os.path.dirname(header)))
+  lib_dir = os.path.dirname(_wheel_file("onednn-cpu-gomp", "/libdnnl.so.3"))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
+    out = os.path.join(tmp, os.path.basename(path))
+    cmd = [compiler, *CXXFLAGS, f"-I{jax.ffi.include_dir()}", f"-I{include_dir}", SOURCE, f"-L{lib_dir}", "-l:libdnnl.so.3",
+           f"-Wl,-rpath,{lib_dir}", "-o", out]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+      raise RuntimeError(f"Building {SOURCE} failed ({' '.join(cmd)}):\n{result.stderr[-4000:]}")
+    os.replace(out, path)  # concurrent builders (pytest workers) each rename a complete file
+
+
+@functools.cache
+def library():
+  """The built and loaded FFI library, its handlers registered with XLA:CPU (once per process)."""
+  if not platform_supported():
+    raise RuntimeError(f"training.conv_impl='onednn' needs Linux x86-64 (oneDNN's CPU wheels); this is "
+                       f"{platform.system()} {platform.machine()}: set training.conv_impl='xla'.")
+  with open(SOURCE, "rb") as f:
+    key = hashlib.sha256(f.read() + " ".join(CXXFLAGS).encode())
+  for name in ("jax", "jaxlib", *ONEDNN_WHEELS):
+    try:
+      key.update(f"{name}={importlib.metadata.version(name)};".encode())
+    except importlib.metadata.PackageNotFoundError:
+      pass  # a missing oneDNN wheel is reported by `_build` with what to install
+  path = os.path.join(files.cache_dir(), "native", f"onednn_conv-{key.hexdigest()[:16]}.so")
+  if not os.path.exists(path):
+    _build(path)
+  lib = ctypes.cdll.LoadLibrary(path)
+  for target in TARGETS:
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)), platform="cpu")
+  return lib
+
+
+def _attributes(strides, padding):
+  (pad_top, pad_bottom), (pad_left, pad_right) = padding
+  return dict(stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]), pad_top=np.int64(pad_top),
+              pad_bottom=np.int64(pad_bottom), pad_left=np.int64(pad_left), pad_right=np.int64(pad_right))
+
+
+def output_shape(x_shape, w_shape, strides, padding):
+  (n, h, w, _), (kh, kw, _, o) = x_shape, w_shape
+  (pt, pb), (pl, pr) = padding
+  return n, (h + pt + pb - kh) // strides[0] + 1, (w + pl + pr - kw) // strides[1] + 1, o
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x, w, strides, padding):
+  """`lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))` in
+  float32, one group, no dilation; `strides` = (sh, sw), `padding` = ((top, bottom), (left, right))."""
+  library()
+  out = jax.ShapeDtypeStruct(output_shape(x.shape, w.shape, strides, padding), x.dtype)
+  return jax.ffi.ffi_call("OnednnConvFwd", out)(x, w, **_attributes(strides, padding))
+
+
+def _conv2d_fwd(x, w, strides, padding):
+  return conv2d(x, w, strides, padding), (x, w)
+
+
+def _conv2d_bwd(strides, padding, residuals, dy):
+  x, w = residuals
+  out = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(w.shape, w.dtype))
+  return tuple(jax.ffi.ffi_call("OnednnConvBwd", out)(x, w, dy, **_attributes(strides, padding)))
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def kernels(x_shape, w_shape, strides, padding):
+  """oneDNN's implementation names for the (forward, input-gradient, kernel-gradient) passes."""
+  lib = library()
+  (pt, pb), (pl, pr) = padding
+  key = (ctypes.c_int64 * 13)(*x_shape, w_shape[0], w_shape[1], w_shape[3], *strides, pt, pb, pl, pr)
+  names = []
+  for kind in range(3):
+    buf = ctypes.create_string_buffer(256)
+    if lib.OnednnConvImplInfo(kind, key, buf, 256) != 0:
+      raise RuntimeError(f"oneDNN has no convolution for {x_shape} * {w_shape}: {buf.value.decode()}")
+    names.append(buf.value.decode())
+  return tuple(names)

@@ -1,0 +1,119 @@
+"""oneDNN convolutions (score_sde/models/onednn_conv.py) against XLA's: values, gradients, a whole train step."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax import lax
+
+from score_sde import config_checks, losses
+from score_sde.models import layers, onednn_conv
+from score_sde.models import utils as mutils
+from configs.vp import cifar10_ddpmpp_continuous
+
+pytestmark = pytest.mark.skipif(not onednn_conv.platform_supported(), reason="oneDNN wheels: Linux x86-64 only")
+
+
+def tiny_config():
+  config = cifar10_ddpmpp_continuous.get_config()
+  config.data.image_size = 8
+  config.model.update(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
+  return config
+
+GEOMETRIES = [  # x shape, w shape, strides, padding
+    ((2, 9, 7, 5), (3, 3, 5, 6), (1, 1), ((1, 1), (1, 1))),   # 'SAME', odd sizes
+    ((3, 16, 16, 3), (3, 3, 3, 8), (1, 1), ((1, 1), (1, 1))),  # RGB input layer
+    ((2, 9, 8, 5), (3, 3, 5, 6), (2, 2), ((0, 1), (1, 1))),   # stride 2, asymmetric padding
+    ((2, 8, 8, 16), (3, 3, 16, 4), (2, 2), ((0, 1), (0, 1))),  # stride 2 'SAME' as TF pads it
+    ((3, 4, 4, 16), (1, 1, 16, 8), (1, 1), ((0, 0), (0, 0))),  # 1x1
+    ((1, 6, 5, 4), (3, 3, 4, 4), (1, 1), ((0, 0), (0, 0))),   # 'VALID'
+]
+
+
+def xla_conv(x, w, strides, padding):
+  return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                  precision=lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,strides,padding", GEOMETRIES)
+def test_values_and_gradients_match_xla(x_shape, w_shape, strides, padding):
+  kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
+  x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+  y_ref, vjp_ref = jax.vjp(lambda a, b: xla_conv(a, b, strides, padding), x, w)
+  y, vjp = jax.vjp(lambda a, b: onednn_conv.conv2d(a, b, strides, padding), x, w)
+  assert y.shape == y_ref.shape
+  dy = jax.random.normal(kg, y.shape)
+  scale = np.sqrt(np.prod(w_shape[:3]))  # sums of that many O(1) products: float32 rounding ~1e-7 * scale
+  np.testing.assert_allclose(y, y_ref, atol=1e-5 * scale)
+  for got, want in zip(jax.jit(vjp)(dy), vjp_ref(dy)):
+    np.testing.assert_allclose(got, want, atol=2e-5 * scale * np.sqrt(x_shape[0]))
+
+
+def test_kernels_are_optimised_not_reference():
+  """A 'ref:' implementation would be correct but ~100x slower: the geometry must hit a JIT kernel."""
+  names = onednn_conv.kernels((8, 16, 16, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)))
+  assert len(names) == 3 and not any(name.startswith("ref") for name in names), names
+
+
+def test_layers_use_onednn_only_inside_conv_impl():
+  x, w = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 3))
+  dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+  conv = lambda a, b: layers.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=dn)
+  assert "OnednnConv" not in jax.jit(conv).lower(x, w).as_text()
+  with layers.conv_impl("onednn"):  # a new function: jit's cache would return the earlier trace
+    text = jax.jit(lambda a, b: conv(a, b)).lower(x, w).as_text()
+  assert "OnednnConvFwd" in text
+  with pytest.raises(ValueError, match="not one of"):
+    with layers.conv_impl("cudnn"):
+      pass
+
+
+def test_train_step_matches_xla():
+  """One DDPM++ train step (loss, gradients, Adam, EMA) with oneDNN convs equals the XLA one to float32
+  rounding."""
+  config = tiny_config()
+  sde, model = config_checks.validate_config(config)
+  optimizer = losses.get_optimizer(config.optim)
+  s, c = config.data.image_size, config.data.num_channels
+  params = mutils.init_params(model, jax.random.PRNGKey(0), (1, s, s, c))
+  batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (4, s, s, c))}
+  loss_fn = losses.get_loss_fn_from_config(config, sde, model, train=True)
+  results = {}
+  for impl in ("xla", "onednn"):
+    step = jax.jit(losses.get_train_step(loss_fn, optimizer, config.model.ema_rate, impl))
+    assert ("OnednnConvBwd" in step.lower(losses.create_train_state(params, optimizer), batch,
+                                          jax.random.PRNGKey(2)).as_text()) == (impl == "onednn")
+    state, metrics = step(losses.create_train_state(params, optimizer), batch, jax.random.PRNGKey(2))
+    results[impl] = (state, metrics)
+  (s_xla, m_xla), (s_dnn, m_dnn) = results["xla"], results["onednn"]
+  np.testing.assert_allclose(m_dnn["loss"], m_xla["loss"], rtol=1e-5)
+  np.testing.assert_allclose(m_dnn["grad_norm"], m_xla["grad_norm"], rtol=1e-4)
+  for got, want in zip(jax.tree.leaves(s_dnn.params), jax.tree.leaves(s_xla.params)):
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_resolve_impl():
+  cpu = jax.devices("cpu")[:1]
+  assert onednn_conv.resolve_impl("auto", cpu) == "onednn"
+  assert onednn_conv.resolve_impl("auto", cpu * 2) == "xla"  # no sharding rule for the custom call
+  assert onednn_conv.resolve_impl("xla", cpu) == "xla"
+  assert onednn_conv.resolve_impl("onednn", cpu * 2) == "onednn"
+  with pytest.raises(ValueError, match=r"training.conv_impl='mkl' is not one of"):
+    onednn_conv.resolve_impl("mkl")
+  config = tiny_config()
+  config.training.conv_impl = "mkl"
+  with pytest.raises(ValueError, match="training.conv_impl"):
+    config_checks.validate_config(config)
+
+
+def test_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
+  monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+  with pytest.raises(RuntimeError, match="C\\+\\+ compiler"):
+    onednn_conv._build(str(tmp_path / "lib.so"))  # pylint: disable=protected-access
+  assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_missing_wheel_is_a_clear_error(monkeypatch):
+  monkeypatch.setattr(onednn_conv.importlib.metadata, "files", lambda name: [])
+  with pytest.raises(RuntimeError, match="pip install onednn-cpu-gomp onednn-devel-cpu-gomp"):
+    onednn_conv._wheel_file("onednn-cpu-gomp", "/libdnnl.so.3")  # pylint: disable=protected-access
