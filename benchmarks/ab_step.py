@@ -10,7 +10,7 @@ give every variant all the attributes you vary), `opts` are per-compile XLA opti
 XLA_FLAGS, e.g. "xla_cpu_experimental_ynn_fusion_type"), `cfg` overrides config fields. All variants are
 compiled first, then timed round-robin, so that background load hits them alike. Prints each variant's
 first-step loss and grad norm (a quick numerics check) and its median / min / max step time.
-Run with MALLOC_MMAP_THRESHOLD_=1000000000000 MALLOC_TRIM_THRESHOLD_=1000000000000 (see train_step.py).
+Run with MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1000000000000 (see train_step.py).
 """
 import argparse
 import importlib

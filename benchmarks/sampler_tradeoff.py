@@ -1,6 +1,6 @@
 """NFE, wall time and sample quality of every sampler on the digits model, from the same latents.
 
-  MALLOC_MMAP_THRESHOLD_=1000000000000 MALLOC_TRIM_THRESHOLD_=1000000000000 TF_CPP_MIN_LOG_LEVEL=3 \
+  MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1000000000000 TF_CPP_MIN_LOG_LEVEL=3 \
   python benchmarks/sampler_tradeoff.py --workdir runs/digits_vp --num_samples 256
 
 Samplers (each built through `sampling.get_sampling_fn`, i.e. the config keys a user would set):

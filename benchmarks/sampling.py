@@ -1,6 +1,6 @@
 """Speed of the compiled samplers on the digits model: is a sampler's time just its score evaluations?
 
-  MALLOC_MMAP_THRESHOLD_=1000000000000 MALLOC_TRIM_THRESHOLD_=1000000000000 TF_CPP_MIN_LOG_LEVEL=3 \
+  MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1000000000000 TF_CPP_MIN_LOG_LEVEL=3 \
   python benchmarks/sampling.py --workdir runs/digits_vp --batch 64
 
 Prints, each as median (min-max, n repeats) after warm-up:
@@ -60,7 +60,7 @@ def spread(times, unit=1e3, suffix="ms"):
 
 def malloc_note():
   if not os.environ.get("MALLOC_TRIM_THRESHOLD_"):
-    return ("note: MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ are not set; timings on this VM jump when "
+    return ("note: MALLOC_ARENA_MAX/MALLOC_MMAP_MAX_/MALLOC_TRIM_THRESHOLD_ are not set; timings on this VM jump when "
             "glibc returns memory to the OS (see the module docstring).")
   return ""
 

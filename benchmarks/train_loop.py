@@ -1,6 +1,6 @@
 """Wall time per step of the real training loop (`train.train`) next to the compiled step alone.
 
-  MALLOC_MMAP_THRESHOLD_=1000000000000 MALLOC_TRIM_THRESHOLD_=1000000000000 \\
+  MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1000000000000 \\
     python benchmarks/train_loop.py --config configs/vp/digits.py --steps 300 --log_freq 25
 
 The loop writes `wall_ms_per_step` at every log (wall time between two consecutive log-time host syncs over

@@ -8,8 +8,11 @@
 step's FLOPs from XLA's cost analysis divided by its time, and this machine's large-matmul FLOP/s.
 
 This VM backs memory lazily and returns freed memory to the OS, which makes timings jump; run with
-  MALLOC_MMAP_THRESHOLD_=1000000000000 MALLOC_TRIM_THRESHOLD_=1000000000000
-(glibc keeps freed memory mapped) for stable numbers.
+  MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1000000000000
+so that glibc serves every block from one sbrk heap and never gives it back. (MALLOC_MMAP_THRESHOLD_ cannot
+do it: glibc caps it at 32 MiB, so XLA's per-step temporary buffer, 110 MB for the small DDPM++ at batch 32,
+was mmapped and faulted in again on every step, ~27k page faults per step; with these settings, none.)
+The CPU step's convs run in oneDNN unless `--conv_impl xla` (training.conv_impl, score_sde/models/onednn_conv.py).
 """
 import argparse
 import importlib.util
