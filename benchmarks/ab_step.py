@@ -21,15 +21,11 @@ import time
 
 import flax.linen as nn  # noqa: F401  (for "py:" values)
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.train_step import benchmark_config  # noqa: E402  pylint: disable=wrong-import-position
-from score_sde import config_checks, losses  # noqa: E402  pylint: disable=wrong-import-position
+from benchmarks.train_step import benchmark_config, build_step  # noqa: E402  pylint: disable=wrong-import-position
 from score_sde.models import layers  # noqa: E402,F401  pylint: disable=wrong-import-position
-from score_sde.models import onednn_conv  # noqa: E402  pylint: disable=wrong-import-position
-from score_sde.models import utils as mutils  # noqa: E402  pylint: disable=wrong-import-position
 
 fast_dropout = layers.Dropout  # the repo's Dropout, kept under a name that "set" cannot overwrite
 
@@ -39,16 +35,7 @@ def build(args, cfg_overrides):
   for key, value in cfg_overrides.items():
     section, name = key.split(".")
     setattr(getattr(config, section), name, value)
-  sde, model = config_checks.validate_config(config)
-  b, s, c = config.training.batch_size, config.data.image_size, config.data.num_channels
-  optimizer = losses.get_optimizer(config.optim)
-  label_dtype = jnp.float32 if config.training.continuous else jnp.int32
-  params = mutils.compile_once(lambda k: mutils.init_params(model, k, (1, s, s, c), label_dtype),
-                               jax.random.PRNGKey(0))
-  state = losses.create_train_state(params, optimizer)
-  step = losses.get_train_step(losses.get_loss_fn_from_config(config, sde, model, train=True), optimizer,
-                               config.model.ema_rate, onednn_conv.resolve_impl(config.training.conv_impl))
-  batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (b, s, s, c))}
+  step, state, batch, _, _ = build_step(config)
   return jax.jit(step, donate_argnums=0), state, batch
 
 

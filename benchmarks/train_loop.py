@@ -9,24 +9,11 @@ snapshot sampling are pushed past the end of the run (one checkpoint is written 
 last log) so what is measured is input + dispatch + compute. The target: within 5% of the compiled step.
 """
 import argparse
-import glob
-import os
 import tempfile
 
 import numpy as np
 
 import train_step as bench  # benchmarks/train_step.py
-
-
-def read_scalars(workdir, tag):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  values = {}
-  for path in sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        if value.tag == tag:
-          values[event.step] = float(tf.make_ndarray(value.tensor))
-  return [values[s] for s in sorted(values)]
 
 
 def main():
@@ -53,7 +40,7 @@ def main():
   before, _, _, _ = bench.time_step(config, args.repeats)
   with tempfile.TemporaryDirectory() as workdir:
     train.train(config, workdir)
-    loop_ms = np.array(read_scalars(workdir, "wall_ms_per_step"))
+    loop_ms = np.array([v for _, v in sorted(train.logged_scalars(workdir, "wall_ms_per_step").items())])
   after, _, _, _ = bench.time_step(config, args.repeats)
   step_ms = 1e3 * np.concatenate([before, after])
   loop_med, step_med = float(np.median(loop_ms)), float(np.median(step_ms))

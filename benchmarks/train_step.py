@@ -61,31 +61,38 @@ def matmul_flops(n=4096, repeats=5):
   return 2 * n ** 3 / np.median(timed(lambda: f(a), repeats))
 
 
-def compile_step(config):
-  """(compiled train step, its state, batch, rng, FLOPs, compile seconds, parameter count) for `config`.
-
-  The convs run as `training.conv_impl` resolves on this machine (`onednn_conv.resolve_impl`); FLOPs come
-  from XLA's cost analysis of the same step with XLA's convs (custom calls report none).
-  """
+def build_step(config, conv_impl=None):
+  """(train step, its state, batch, rng, parameter count) for `config`, the step not yet jitted; the convs
+  run as `conv_impl`, default `training.conv_impl` as it resolves on this machine (`onednn_conv`)."""
   sde, model = config_checks.validate_config(config)
   b, s, c = config.training.batch_size, config.data.image_size, config.data.num_channels
   optimizer = losses.get_optimizer(config.optim)
   label_dtype = jnp.float32 if config.training.continuous else jnp.int32
   params = mutils.compile_once(lambda k: mutils.init_params(model, k, (1, s, s, c), label_dtype), jax.random.PRNGKey(0))
   state = losses.create_train_state(params, optimizer)
-  loss_fn = losses.get_loss_fn_from_config(config, sde, model, train=True)
+  conv_impl = conv_impl or onednn_conv.resolve_impl(config.training.conv_impl)
+  step = losses.get_train_step(losses.get_loss_fn_from_config(config, sde, model, train=True), optimizer,
+                               config.model.ema_rate, conv_impl)
   batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (b, s, s, c))}
-  rng = jax.random.PRNGKey(2)
-  conv_impl = onednn_conv.resolve_impl(config.training.conv_impl)
-  xla_step = losses.get_train_step(loss_fn, optimizer, config.model.ema_rate, "xla")
-  cost = jax.jit(xla_step).lower(state, batch, rng).cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan")))
-  p_step = jax.jit(losses.get_train_step(loss_fn, optimizer, config.model.ema_rate, conv_impl), donate_argnums=0)
+  return step, state, batch, jax.random.PRNGKey(2), mutils.count_params(params)
+
+
+def compile_step(config):
+  """(compiled train step, its state, batch, rng, FLOPs, compile seconds, parameter count) for `config`.
+
+  FLOPs come from XLA's cost analysis of the step with XLA's convs (custom calls report none).
+  """
+  step, state, batch, rng, n_params = build_step(config)
+  lowered = jax.jit(step, donate_argnums=0).lower(state, batch, rng)
   start = time.perf_counter()
-  compiled = p_step.lower(state, batch, rng).compile()
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - start
-  return compiled, state, batch, rng, flops, compile_s, mutils.count_params(params)
+  if onednn_conv.resolve_impl(config.training.conv_impl) != "xla":
+    xla_step = build_step(config, "xla")[0]
+    lowered = jax.jit(xla_step).lower(state, batch, rng)
+  cost = lowered.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return compiled, state, batch, rng, float(cost.get("flops", float("nan"))), compile_s, n_params
 
 
 def time_step(config, repeats=10, warmup=3):

@@ -22,7 +22,7 @@ def validate_config(config, num_devices=None):
   losses.get_loss_fn_from_config(config, sde, model, train=True)
   check_batch_size(config.training.batch_size, "training.batch_size", num_devices)
   check_batch_size(config.eval.batch_size, "eval.batch_size", num_devices)
-  onednn_conv.resolve_impl(config.training.get("conv_impl", "auto"))  # an unknown name fails here
+  onednn_conv.check_impl(config.training.get("conv_impl", "auto"))
   method = str(config.sampling.method).lower()
   if method not in sampling.registered_samplers():  # before a checkpoint is restored or a step compiled
     raise ValueError(f"sampling.method={config.sampling.method!r} is not one of {sampling.registered_samplers()}.")

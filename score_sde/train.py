@@ -4,6 +4,7 @@ Sections: checks -> mesh -> model and state -> input -> compiled steps -> loop (
 snapshot samples). The rng of step s is fold_in(seed rng, s) and the input of step s is a pure function of
 (seed, s), so a run killed and restarted continues exactly where it stopped.
 """
+import glob
 import os
 import queue
 import signal
@@ -267,3 +268,16 @@ def train(config, workdir):
       checkpoints.close()
       writer.flush()
   return state
+
+
+def logged_scalars(workdir, tag):
+  """{step: value} of one scalar `train` wrote to `<workdir>/tensorboard` (e.g. "train_loss", "eval_loss",
+  "wall_ms_per_step")."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  values = {}
+  for path in sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag == tag:
+          values[event.step] = float(tf.make_ndarray(value.tensor))
+  return values

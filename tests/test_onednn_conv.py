@@ -1,7 +1,6 @@
 """oneDNN convolutions (score_sde/models/onednn_conv.py) against XLA's: values, gradients, a whole train step."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from jax import lax

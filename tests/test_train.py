@@ -10,6 +10,7 @@ import socket
 import numpy as np
 import pytest
 
+from score_sde import train
 from tests import train_utils
 
 # One xdist worker runs this whole file, so the shared run below is computed once.
@@ -58,7 +59,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run_bitwise(finished_run, t
     np.testing.assert_array_equal(state_a[key], state_b[key], err_msg=key)  # bitwise on CPU
   # The eval stream resumes at its position too: the eval losses at steps 10 and 20 (one before the first
   # restart, one after) are the uninterrupted run's.
-  eval_a, eval_b = train_utils.scalars(finished_run, "eval_loss"), train_utils.scalars(workdir, "eval_loss")
+  eval_a, eval_b = train.logged_scalars(finished_run, "eval_loss"), train.logged_scalars(workdir, "eval_loss")
   assert sorted(eval_a) == sorted(eval_b) == [10, 20]
   assert [eval_b[s] for s in (10, 20)] == [eval_a[s] for s in (10, 20)]
 
@@ -88,8 +89,8 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
 def test_one_and_eight_devices_give_the_same_loss_curve(finished_run, tmp_path):
   workdir = str(tmp_path)
   train_utils.run_train(workdir, "--config.training.n_iters=24", devices=8)
-  curve_1 = train_utils.scalars(finished_run, "train_loss")
-  curve_8 = train_utils.scalars(workdir, "train_loss")
+  curve_1 = train.logged_scalars(finished_run, "train_loss")
+  curve_8 = train.logged_scalars(workdir, "train_loss")
   assert sorted(curve_1) == sorted(curve_8) and len(curve_1) == 12
   # Same global batch and rng; only the order of floating-point reductions differs across 8 devices.
   np.testing.assert_allclose([curve_8[s] for s in sorted(curve_8)], [curve_1[s] for s in sorted(curve_1)],
@@ -142,8 +143,8 @@ def test_two_processes_on_localhost_match_one_process(finished_run, tmp_path):
       if p.poll() is None:
         p.kill()
   assert all(p.returncode == 0 for p in procs), errors[0][-3000:] + errors[1][-3000:]
-  curve_1 = train_utils.scalars(finished_run, "train_loss")
-  curve_2 = train_utils.scalars(workdir, "train_loss")  # written by process 0 only
+  curve_1 = train.logged_scalars(finished_run, "train_loss")
+  curve_2 = train.logged_scalars(workdir, "train_loss")  # written by process 0 only
   assert sorted(curve_2) == sorted(curve_1)
   np.testing.assert_allclose([curve_2[s] for s in sorted(curve_2)], [curve_1[s] for s in sorted(curve_1)],
                              rtol=1e-4)

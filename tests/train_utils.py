@@ -73,15 +73,3 @@ def latest_state(workdir):
 
   visit("", tree)
   return step, flat
-
-
-def scalars(workdir, tag):
-  """{step: value} of one scalar from the TensorBoard event files."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  values = {}
-  for path in sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        if value.tag == tag:
-          values[event.step] = float(tf.make_ndarray(value.tensor))
-  return values

@@ -17,6 +17,7 @@
 // threads; calls are serialised, because XLA runs independent thunks concurrently and two OpenMP teams
 // on the same cores slow each other down (measured: +10-20% step time). Each call uses a user-managed
 // scratchpad, so nothing is shared between calls but the primitive cache.
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstdint>
@@ -56,18 +57,22 @@ ConvGeometry geometry(const ConvKey& k) {
   return {{n, c, h, w}, {o, c, kh, kw}, {n, o, ho, wo}, {sh, sw}, {pt, pl}, {pb, pr}};
 }
 
-dnnl::convolution_forward::primitive_desc forward_pd(const ConvGeometry& g, dnnl::prop_kind prop) {
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  return dnnl::convolution_forward::primitive_desc(
-      cpu_engine(), prop, dnnl::algorithm::convolution_direct,
-      memory::desc(g.src, memory::data_type::f32, Tag::nhwc),
-      memory::desc(g.weights, memory::data_type::f32, Tag::any),
-      memory::desc(g.dst, memory::data_type::f32, Tag::nhwc), g.strides, g.pad_l, g.pad_r, attr);
+memory::desc f32_desc(const memory::dims& dims, Tag tag) {
+  return memory::desc(dims, memory::data_type::f32, tag);
 }
 
-memory::desc hwio_desc(const ConvGeometry& g) {
-  return memory::desc(g.weights, memory::data_type::f32, Tag::hwio);
+dnnl::primitive_attr user_scratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+// NHWC activations as given; weights in whatever layout oneDNN prefers (`any`).
+dnnl::convolution_forward::primitive_desc forward_pd(const ConvGeometry& g) {
+  return dnnl::convolution_forward::primitive_desc(
+      cpu_engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+      f32_desc(g.src, Tag::nhwc), f32_desc(g.weights, Tag::any), f32_desc(g.dst, Tag::nhwc), g.strides,
+      g.pad_l, g.pad_r, user_scratchpad());
 }
 
 // One cached pass: the conv primitive, its weight layout, and the reorder between that and HWIO.
@@ -83,40 +88,33 @@ struct Pass {
 
 enum class Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 
+template <typename Primitive, typename PrimitiveDesc>
+void set_conv(Pass& pass, const PrimitiveDesc& pd, const memory::desc& weights) {
+  pass.conv = Primitive(pd);
+  pass.impl = pd.impl_info_str();
+  pass.weights = weights;
+  pass.scratchpad_bytes = pd.scratchpad_desc().get_size();
+}
+
 Pass make_pass(Kind kind, const ConvKey& key) {
   const ConvGeometry g = geometry(key);
   Pass pass;
-  pass.hwio = hwio_desc(g);
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  pass.hwio = f32_desc(g.weights, Tag::hwio);
+  const auto forward = forward_pd(g);  // the backward passes take it as a hint
+  const auto src = f32_desc(g.src, Tag::nhwc), weights = f32_desc(g.weights, Tag::any),
+             dst = f32_desc(g.dst, Tag::nhwc);
   if (kind == Kind::kForward) {
-    auto pd = forward_pd(g, dnnl::prop_kind::forward_training);
-    pass.conv = dnnl::convolution_forward(pd);
-    pass.impl = pd.impl_info_str();
-    pass.weights = pd.weights_desc();
-    pass.scratchpad_bytes = pd.scratchpad_desc().get_size();
+    set_conv<dnnl::convolution_forward>(pass, forward, forward.weights_desc());
   } else if (kind == Kind::kBackwardData) {
-    auto hint = forward_pd(g, dnnl::prop_kind::forward_training);
-    auto pd = dnnl::convolution_backward_data::primitive_desc(
-        cpu_engine(), dnnl::algorithm::convolution_direct,
-        memory::desc(g.src, memory::data_type::f32, Tag::nhwc),
-        memory::desc(g.weights, memory::data_type::f32, Tag::any),
-        memory::desc(g.dst, memory::data_type::f32, Tag::nhwc), g.strides, g.pad_l, g.pad_r, hint, attr);
-    pass.conv = dnnl::convolution_backward_data(pd);
-    pass.impl = pd.impl_info_str();
-    pass.weights = pd.weights_desc();
-    pass.scratchpad_bytes = pd.scratchpad_desc().get_size();
+    dnnl::convolution_backward_data::primitive_desc pd(cpu_engine(), dnnl::algorithm::convolution_direct, src,
+                                                       weights, dst, g.strides, g.pad_l, g.pad_r, forward,
+                                                       user_scratchpad());
+    set_conv<dnnl::convolution_backward_data>(pass, pd, pd.weights_desc());
   } else {
-    auto hint = forward_pd(g, dnnl::prop_kind::forward_training);
-    auto pd = dnnl::convolution_backward_weights::primitive_desc(
-        cpu_engine(), dnnl::algorithm::convolution_direct,
-        memory::desc(g.src, memory::data_type::f32, Tag::nhwc),
-        memory::desc(g.weights, memory::data_type::f32, Tag::any),
-        memory::desc(g.dst, memory::data_type::f32, Tag::nhwc), g.strides, g.pad_l, g.pad_r, hint, attr);
-    pass.conv = dnnl::convolution_backward_weights(pd);
-    pass.impl = pd.impl_info_str();
-    pass.weights = pd.diff_weights_desc();
-    pass.scratchpad_bytes = pd.scratchpad_desc().get_size();
+    dnnl::convolution_backward_weights::primitive_desc pd(cpu_engine(), dnnl::algorithm::convolution_direct,
+                                                          src, weights, dst, g.strides, g.pad_l, g.pad_r,
+                                                          forward, user_scratchpad());
+    set_conv<dnnl::convolution_backward_weights>(pass, pd, pd.diff_weights_desc());
   }
   pass.needs_reorder = pass.weights != pass.hwio;
   if (pass.needs_reorder) {
@@ -163,16 +161,16 @@ ffi::Error run(Kind kind, const ConvKey& key, float* src, float* weights_hwio, f
     const Pass& pass = cached_pass(kind, key);
     const ConvGeometry g = geometry(key);
     dnnl::stream stream(cpu_engine());
-    memory src_mem(memory::desc(g.src, memory::data_type::f32, Tag::nhwc), cpu_engine(), src);
-    memory dst_mem(memory::desc(g.dst, memory::data_type::f32, Tag::nhwc), cpu_engine(), dst);
+    memory src_mem(f32_desc(g.src, Tag::nhwc), cpu_engine(), src);
+    memory dst_mem(f32_desc(g.dst, Tag::nhwc), cpu_engine(), dst);
     memory hwio_mem(pass.hwio, cpu_engine(), weights_hwio);
     memory weights_mem = hwio_mem;
     if (pass.needs_reorder) {
       weights_mem = memory(pass.weights, cpu_engine(), thread_buffer(0, pass.weights.get_size()));
     }
-    memory scratch(memory::desc({static_cast<int64_t>(pass.scratchpad_bytes ? pass.scratchpad_bytes : 1)}, memory::data_type::u8,
-                                Tag::x),
-                   cpu_engine(), thread_buffer(1, pass.scratchpad_bytes));
+    const int64_t scratch_bytes = std::max<int64_t>(pass.scratchpad_bytes, 1);
+    memory scratch(memory::desc({scratch_bytes}, memory::data_type::u8, Tag::x), cpu_engine(),
+                   thread_buffer(1, scratch_bytes));
     if (kind == Kind::kForward) {
       if (pass.needs_reorder) pass.reorder.execute(stream, hwio_mem, weights_mem);
       pass.conv.execute(stream, {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_WEIGHTS, weights_mem},

@@ -41,10 +41,15 @@ def platform_supported():
   return platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")
 
 
-def resolve_impl(name, devices=None):
-  """'xla' or 'onednn' for `training.conv_impl` = `name` on `devices` (default: all of them)."""
+def check_impl(name):
+  """Refuses a `training.conv_impl` that is not one of IMPLS."""
   if name not in IMPLS:
     raise ValueError(f"training.conv_impl={name!r} is not one of {list(IMPLS)}.")
+
+
+def resolve_impl(name, devices=None):
+  """'xla' or 'onednn' for `training.conv_impl` = `name` on `devices` (default: all of them)."""
+  check_impl(name)
   if name != "auto":
     return name
   devices = jax.devices() if devices is None else list(devices)
