@@ -68,8 +68,8 @@ def test_layers_use_onednn_only_inside_conv_impl():
 
 
 def test_train_step_matches_xla():
-  """One DDPM++ train step (loss, gradients, Adam, EMA) with oneDNN convs equals the XLA one to float32
-  rounding."""
+  """One DDPM++ train step (loss, gradients, Adam, EMA) with oneDNN convs and native GroupNorm + SiLU equals
+  the XLA one to float32 rounding."""
   config = tiny_config()
   sde, model = config_checks.validate_config(config)
   optimizer = losses.get_optimizer(config.optim)
@@ -80,8 +80,8 @@ def test_train_step_matches_xla():
   results = {}
   for impl in ("xla", "onednn"):
     step = jax.jit(losses.get_train_step(loss_fn, optimizer, config.model.ema_rate, impl))
-    assert ("OnednnConvBwd" in step.lower(losses.create_train_state(params, optimizer), batch,
-                                          jax.random.PRNGKey(2)).as_text()) == (impl == "onednn")
+    hlo = step.lower(losses.create_train_state(params, optimizer), batch, jax.random.PRNGKey(2)).as_text()
+    assert ("OnednnConvBwd" in hlo) == ("NativeGroupNormBwd" in hlo) == (impl == "onednn")
     state, metrics = step(losses.create_train_state(params, optimizer), batch, jax.random.PRNGKey(2))
     results[impl] = (state, metrics)
   (s_xla, m_xla), (s_dnn, m_dnn) = results["xla"], results["onednn"]

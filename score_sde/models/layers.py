@@ -27,14 +27,14 @@ def default_init(scale=1.0):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# How `nn.Conv` modules made by the helpers below compute. 1x1 convs are per-pixel matmuls: as `jnp.dot`
-# on (N*H*W, C) their backward pass is two plain matmuls, where XLA:CPU otherwise lowers the kernel
-# gradient as a window-HxW convolution on transposed copies of the activations (measured: small DDPM++
-# train step on a 2-core AVX-512 CPU, about -5 ms of ~145 ms). Other convs go to
-# `lax.conv_general_dilated`, or, inside `conv_impl("onednn")` (the CPU train step, see
-# `losses.get_train_step`), to oneDNN's kernels (`onednn_conv.py`). Parameters (`Conv_k/kernel` HWIO,
-# `Conv_k/bias`) are the same every way; set `CONV_IMPL = "lax"` (or env SCORE_SDE_CONV_IMPL=lax) to send
-# 1x1 convs to lax as well.
+# How `nn.Conv` modules made by the helpers below compute. Inside `conv_impl("onednn")` (the CPU train step,
+# see `losses.get_train_step`) every NHWC conv, 1x1 included, goes to oneDNN's kernels (`onednn_conv.py`;
+# 1x1 convs there rather than as a matmul: small DDPM++ train step -8 ms of ~91 ms on a 2-core AVX-512 CPU).
+# Otherwise 1x1 convs are per-pixel matmuls: as `jnp.dot` on (N*H*W, C) their backward pass is two plain
+# matmuls, where XLA:CPU otherwise lowers the kernel gradient as a window-HxW convolution on transposed
+# copies of the activations (about -5 ms of ~145 ms), and other convs go to `lax.conv_general_dilated`.
+# Parameters (`Conv_k/kernel` HWIO, `Conv_k/bias`) are the same every way; set `CONV_IMPL = "lax"` (or env
+# SCORE_SDE_CONV_IMPL=lax) to send 1x1 convs to lax as well outside the oneDNN scope.
 CONV_IMPL = os.environ.get("SCORE_SDE_CONV_IMPL", "dot1x1")
 _ACTIVE_IMPL = ["xla"]  # set by `conv_impl` while a function is traced
 
@@ -52,24 +52,29 @@ def conv_impl(name):
     _ACTIVE_IMPL.pop()
 
 
+def native_kernels_active():
+  """True while a function is traced inside `conv_impl("onednn")`: convs and GroupNorm(+SiLU) go native."""
+  return _ACTIVE_IMPL[-1] == "onednn"
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None):
-  """`lax.conv_general_dilated` as `nn.Conv` calls it, with 1x1 stride-1 NHWC convs done as a matmul and
-  the rest in oneDNN within `conv_impl("onednn")`."""
+  """`lax.conv_general_dilated` as `nn.Conv` calls it: in oneDNN within `conv_impl("onednn")`, else with
+  1x1 stride-1 NHWC convs done as a matmul."""
   plain = (lhs.ndim == 4 and feature_group_count == 1
            and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
            and tuple(dimension_numbers) == tuple(lax.conv_dimension_numbers(lhs.shape, rhs.shape,
                                                                              ("NHWC", "HWIO", "NHWC"))))
+  if native_kernels_active() and plain and lhs.dtype == rhs.dtype == jnp.float32:
+    if isinstance(padding, str):
+      padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+    return onednn_conv.conv2d(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
   is_1x1 = (CONV_IMPL == "dot1x1" and plain and tuple(rhs.shape[:2]) == (1, 1)
             and tuple(window_strides) == (1, 1)
             and (padding in ("SAME", "VALID") or all(tuple(p) == (0, 0) for p in padding)))
   if is_1x1:
     c, o = rhs.shape[2:]
     return jnp.dot(lhs.reshape(-1, c), rhs.reshape(c, o), precision=precision).reshape(lhs.shape[:-1] + (o,))
-  if _ACTIVE_IMPL[-1] == "onednn" and plain and lhs.dtype == rhs.dtype == jnp.float32:
-    if isinstance(padding, str):
-      padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-    return onednn_conv.conv2d(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                   rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                   feature_group_count=feature_group_count, precision=precision)

@@ -12,15 +12,37 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde.models import layers
+from score_sde.models import native_norm
 from score_sde.models import up_or_down_sampling as updown
 
 conv1x1 = layers.ddpm_conv1x1
 conv3x3 = layers.ddpm_conv3x3
 
 
-def group_norm(x):
-  """GroupNorm as NCSN++ uses it; creates one `GroupNorm_k` in the caller's scope."""
-  return nn.GroupNorm(num_groups=min(x.shape[-1] // 4, 32), epsilon=1e-6)(x)
+class GroupNorm(nn.Module):
+  """`flax.linen.GroupNorm`'s parameters (`scale`, `bias`) and result, followed by `act` ('none' or 'silu'),
+  computed as one native call per pass (`native_norm.py`). Its class name makes Flax number it `GroupNorm_k`
+  in the same sequence as `nn.GroupNorm`, so either module fills the same checkpoint slot."""
+  num_groups: int
+  epsilon: float
+  act: str = "none"
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+    bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+    return native_norm.group_norm(x, scale, bias, self.num_groups, self.epsilon, self.act)
+
+
+def group_norm(x, act=None):
+  """act(GroupNorm(x)) as NCSN++ uses it (`act` None: no activation); creates one `GroupNorm_k` in the
+  caller's scope. In the CPU train step (`layers.conv_impl("onednn")`) a float32 GroupNorm followed by SiLU
+  or nothing runs natively: XLA:CPU spends ~5-8 thunks per pass on it."""
+  groups = min(x.shape[-1] // 4, 32)
+  if layers.native_kernels_active() and x.dtype == jnp.float32 and act in (None, nn.swish):
+    return GroupNorm(groups, 1e-6, "none" if act is None else "silu")(x)
+  y = nn.GroupNorm(num_groups=groups, epsilon=1e-6)(x)
+  return y if act is None else act(y)
 
 
 def skip_sum(x, h, skip_rescale):
@@ -139,10 +161,10 @@ class ResnetBlockDDPMpp(nn.Module):
   def __call__(self, x, temb=None, train=True):
     c = x.shape[-1]
     out_ch = self.out_ch if self.out_ch else c
-    h = self.act(group_norm(x))
+    h = group_norm(x, self.act)
     h = conv3x3(h, out_ch)
     h = _add_temb(h, temb, self.act, out_ch)
-    h = self.act(group_norm(h))
+    h = group_norm(h, self.act)
     h = layers.Dropout(self.dropout)(h, deterministic=not train)
     h = conv3x3(h, out_ch, init_scale=self.init_scale)
     if c != out_ch:
@@ -179,12 +201,12 @@ class ResnetBlockBigGANpp(nn.Module):
       raise ValueError("ResnetBlockBigGANpp cannot both upsample and downsample.")
     c = x.shape[-1]
     out_ch = self.out_ch if self.out_ch else c
-    h = self.act(group_norm(x))
+    h = group_norm(x, self.act)
     h = self._resample(h)
     x = self._resample(x)
     h = conv3x3(h, out_ch)
     h = _add_temb(h, temb, self.act, out_ch)
-    h = self.act(group_norm(h))
+    h = group_norm(h, self.act)
     h = layers.Dropout(self.dropout)(h, deterministic=not train)
     h = conv3x3(h, out_ch, init_scale=self.init_scale)
     if c != out_ch or self.up or self.down:

@@ -201,11 +201,11 @@ class NCSNpp(nn.Module):
     if self.progressive == "output_skip":
       if not top:
         pyramid = layerspp.Upsample(with_conv=False, **self._resample_kwargs())(pyramid)
-      out = layerspp.conv3x3(act(layerspp.group_norm(h)), out_channels, bias=True, init_scale=self.init_scale)
+      out = layerspp.conv3x3(layerspp.group_norm(h, act), out_channels, bias=True, init_scale=self.init_scale)
       pyramid = out if top else pyramid + out
     elif self.progressive == "residual":
       if top:
-        pyramid = layerspp.conv3x3(act(layerspp.group_norm(h)), h.shape[-1], bias=True)
+        pyramid = layerspp.conv3x3(layerspp.group_norm(h, act), h.shape[-1], bias=True)
       else:
         pyramid = layerspp.Upsample(out_ch=h.shape[-1], with_conv=True, **self._resample_kwargs())(pyramid)
         pyramid = layerspp.skip_sum(pyramid, h, self.skip_rescale)
@@ -259,7 +259,7 @@ class NCSNpp(nn.Module):
     if self.progressive == "output_skip":
       h = pyramid
     else:
-      h = act(layerspp.group_norm(h))
+      h = layerspp.group_norm(h, act)
       h = layerspp.conv3x3(h, x.shape[-1], init_scale=self.init_scale)
 
     if self.scale_by_sigma:

@@ -33,6 +33,13 @@
 
 namespace ffi = xla::ffi;
 using dnnl::memory;
+
+// Serialises every native call (these convolutions and native_norm.cc's GroupNorm), which all run OpenMP
+// teams on the same cores.
+std::mutex& native_exec_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
 using Tag = dnnl::memory::format_tag;
 
 namespace {
@@ -155,8 +162,7 @@ ConvKey make_key(Dims x_dims, Dims w_dims, int64_t sh, int64_t sw, int64_t pt,
 ffi::Error run(Kind kind, const ConvKey& key, float* src, float* weights_hwio, float* dst) {
   // One oneDNN call at a time: each calling thread would start its own OpenMP team, and two teams on
   // the same cores (XLA runs independent thunks concurrently) slow both down.
-  static std::mutex exec_mutex;
-  std::lock_guard<std::mutex> exec_lock(exec_mutex);
+  std::lock_guard<std::mutex> exec_lock(native_exec_mutex());
   try {
     const Pass& pass = cached_pass(kind, key);
     const ConvGeometry g = geometry(key);

@@ -29,11 +29,13 @@ import numpy as np
 
 from score_sde import files
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
-TARGETS = ("OnednnConvFwd", "OnednnConvBwd")
+# One shared library: these convolutions and native_norm.cc's GroupNorm (+ SiLU), which share a lock.
+SOURCES = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+                for name in ("onednn_conv.cc", "native_norm.cc"))
+TARGETS = ("OnednnConvFwd", "OnednnConvBwd", "NativeGroupNormFwd", "NativeGroupNormBwd")
 ONEDNN_WHEELS = ("onednn-cpu-gomp", "onednn-devel-cpu-gomp")
 IMPLS = ("auto", "xla", "onednn")
-CXXFLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC")
+CXXFLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp")
 
 
 def platform_supported():
@@ -70,7 +72,7 @@ def _wheel_file(distribution, suffix):
 
 
 def _build(path):
-  """Compiles `onednn_conv.cc` into the shared library `path` (atomically: a temp file, then rename)."""
+  """Compiles SOURCES into the shared library `path` (atomically: a temp file, then rename)."""
   compiler = shutil.which(os.environ.get("CXX") or "g++") or (None if os.environ.get("CXX") else shutil.which("c++"))
   if not compiler:
     raise RuntimeError("training.conv_impl='onednn' compiles a small C++ file on first use and found no "
@@ -81,11 +83,11 @@ def _build(path):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
     out = os.path.join(tmp, os.path.basename(path))
-    cmd = [compiler, *CXXFLAGS, f"-I{jax.ffi.include_dir()}", f"-I{include_dir}", SOURCE, f"-L{lib_dir}", "-l:libdnnl.so.3",
+    cmd = [compiler, *CXXFLAGS, f"-I{jax.ffi.include_dir()}", f"-I{include_dir}", *SOURCES, f"-L{lib_dir}", "-l:libdnnl.so.3",
            f"-Wl,-rpath,{lib_dir}", "-o", out]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-      raise RuntimeError(f"Building {SOURCE} failed ({' '.join(cmd)}):\n{result.stderr[-4000:]}")
+      raise RuntimeError(f"Building {' '.join(SOURCES)} failed ({' '.join(cmd)}):\n{result.stderr[-4000:]}")
     os.replace(out, path)  # concurrent builders (pytest workers) each rename a complete file
 
 
@@ -95,14 +97,16 @@ def library():
   if not platform_supported():
     raise RuntimeError(f"training.conv_impl='onednn' needs Linux x86-64 (oneDNN's CPU wheels); this is "
                        f"{platform.system()} {platform.machine()}: set training.conv_impl='xla'.")
-  with open(SOURCE, "rb") as f:
-    key = hashlib.sha256(f.read() + " ".join(CXXFLAGS).encode())
+  key = hashlib.sha256(" ".join(CXXFLAGS).encode())
+  for source in SOURCES:
+    with open(source, "rb") as f:
+      key.update(f.read())
   for name in ("jax", "jaxlib", *ONEDNN_WHEELS):
     try:
       key.update(f"{name}={importlib.metadata.version(name)};".encode())
     except importlib.metadata.PackageNotFoundError:
       pass  # a missing oneDNN wheel is reported by `_build` with what to install
-  path = os.path.join(files.cache_dir(), "native", f"onednn_conv-{key.hexdigest()[:16]}.so")
+  path = os.path.join(files.cache_dir(), "native", f"score_sde_native-{key.hexdigest()[:16]}.so")
   if not os.path.exists(path):
     _build(path)
   lib = ctypes.cdll.LoadLibrary(path)

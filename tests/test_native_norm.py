@@ -1,0 +1,118 @@
+"""Native GroupNorm (+ SiLU) (score_sde/models/native_norm.py) against flax.linen.GroupNorm: values, gradients,
+routing, parameter names, bad input."""
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from score_sde.models import layers, layerspp, native_norm, onednn_conv
+
+pytestmark = pytest.mark.skipif(not onednn_conv.platform_supported(), reason="native kernels: Linux x86-64 only")
+
+CASES = [  # x shape, groups, act
+    ((2, 5, 7, 12), 3, "silu"),     # odd spatial sizes, 4 channels per group
+    ((3, 4, 4, 96), 24, "silu"),    # min(96 // 4, 32) groups as NCSN++ picks them
+    ((2, 8, 8, 64), 16, "none"),    # the attention block's GroupNorm: no activation
+    ((3, 6, 16), 4, "silu"),        # rank 3: statistics over all but the first and last axes
+]
+
+
+def flax_reference(x, scale, bias, groups, act):
+  y = nn.GroupNorm(num_groups=groups, epsilon=1e-6).apply({"params": {"scale": scale, "bias": bias}}, x)
+  return nn.silu(y) if act == "silu" else y
+
+
+def inputs(shape, seed=0):
+  k = jax.random.split(jax.random.PRNGKey(seed), 4)
+  x = 3.0 * jax.random.normal(k[0], shape) + 1.5  # an offset mean: catches E[x^2] - E[x]^2 cancellation
+  scale = 1.0 + 0.3 * jax.random.normal(k[1], shape[-1:])
+  bias = 0.2 * jax.random.normal(k[2], shape[-1:])
+  return x, scale, bias, jax.random.normal(k[3], shape)
+
+
+@pytest.mark.parametrize("shape,groups,act", CASES)
+def test_values_and_gradients_match_flax(shape, groups, act):
+  x, scale, bias, dy = inputs(shape)
+  y_ref, vjp_ref = jax.vjp(lambda *a: flax_reference(*a, groups, act), x, scale, bias)
+  y, vjp = jax.vjp(lambda *a: native_norm.group_norm(*a, groups, 1e-6, act), x, scale, bias)
+  np.testing.assert_allclose(y, y_ref, atol=2e-6, rtol=1e-5)
+  for got, want in zip(jax.jit(vjp)(dy), vjp_ref(dy)):
+    # parameter gradients sum N*H*W terms: float32 rounding grows with the count
+    np.testing.assert_allclose(got, want, atol=1e-5 * np.sqrt(np.prod(shape[:-1])), rtol=1e-5)
+
+
+def test_gradient_matches_finite_differences():
+  """An oracle independent of flax: central differences in float64 of the same formula in numpy."""
+  shape, groups = (2, 3, 3, 8), 2
+  x, scale, bias, dy = inputs(shape, seed=3)
+
+  def loss_np(x):
+    n, c = x.shape[0], x.shape[-1]
+    g = x.reshape(n, -1, groups, c // groups)
+    mean, var = g.mean(axis=(1, 3), keepdims=True), g.var(axis=(1, 3), keepdims=True)
+    z = ((g - mean) / np.sqrt(var + 1e-6)).reshape(x.shape) * np.asarray(scale, np.float64) + np.asarray(bias, np.float64)
+    return np.sum(z / (1 + np.exp(-z)) * np.asarray(dy, np.float64))
+
+  grad = jax.grad(lambda x: jnp.sum(native_norm.group_norm(x, scale, bias, groups, 1e-6, "silu") * dy))(x)
+  x64, eps = np.asarray(x, np.float64), 1e-5
+  for index in [(0, 0, 0, 0), (1, 2, 1, 5), (0, 1, 2, 7), (1, 0, 2, 3)]:
+    e = np.zeros_like(x64)
+    e[index] = eps
+    numeric = (loss_np(x64 + e) - loss_np(x64 - e)) / (2 * eps)
+    np.testing.assert_allclose(grad[index], numeric, rtol=1e-3, atol=1e-4)
+
+
+def test_results_do_not_depend_on_thread_count():
+  """Parameter gradients add per-sample sums in sample order: 1 and 2 OpenMP threads agree bitwise (what a
+  resumed run on a differently sized host needs to reproduce the uninterrupted one)."""
+  script = ("import jax, numpy as np\n"
+            "from score_sde.models import native_norm\n"
+            "x = jax.random.normal(jax.random.PRNGKey(0), (5, 6, 6, 16))\n"
+            "s, b = np.ones(16, np.float32), np.zeros(16, np.float32)\n"
+            "f = lambda x, s, b: (native_norm.group_norm(x, s, b, 4, 1e-6, 'silu') ** 2).sum()\n"
+            "print(np.concatenate([np.ravel(g) for g in jax.grad(f, argnums=(0, 1, 2))(x, s, b)]).tobytes().hex())\n")
+  outputs = []
+  for threads in ("1", "2"):
+    env = dict(os.environ, OMP_NUM_THREADS=threads, JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    outputs.append(result.stdout.strip())
+  assert outputs[0] == outputs[1] and outputs[0]
+
+
+def test_layerspp_routes_group_norm_with_silu_or_nothing_only():
+  """Inside conv_impl('onednn'): GroupNorm + SiLU and bare GroupNorm are one custom call each; another
+  activation keeps XLA's GroupNorm. The parameter tree is the same either way (`GroupNorm_k/{scale,bias}`)."""
+
+  class Block(nn.Module):
+    act: object
+
+    @nn.compact
+    def __call__(self, x):
+      return layerspp.group_norm(layerspp.group_norm(x, self.act))
+
+  x = jnp.ones((2, 4, 4, 8))
+  for act, native_calls in ((nn.swish, 2), (nn.elu, 1), (None, 2)):
+    block = Block(act)
+    params = block.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.map(jnp.shape, params) == {"params": {"GroupNorm_0": {"bias": (8,), "scale": (8,)},
+                                                           "GroupNorm_1": {"bias": (8,), "scale": (8,)}}}
+    loss = lambda p: jnp.sum(block.apply(p, x) ** 2)  # pylint: disable=cell-var-from-loop
+    with layers.conv_impl("onednn"):
+      hlo = jax.jit(jax.grad(loss)).lower(params).as_text()
+    assert hlo.count("NativeGroupNormFwd") == native_calls, (act, hlo.count("NativeGroupNormFwd"))
+    assert "NativeGroupNorm" not in jax.jit(jax.grad(loss)).lower(params).as_text()  # outside the scope
+
+
+def test_bad_input_is_refused():
+  x, scale, bias, _ = inputs((2, 4, 4, 12))
+  with pytest.raises(ValueError, match="must divide into the groups"):
+    native_norm.group_norm(x, scale, bias, 5, 1e-6, "silu")
+  with pytest.raises(ValueError, match="must divide into the groups and match scale"):
+    native_norm.group_norm(x, scale[:6], bias, 3, 1e-6, "silu")
+  with pytest.raises(ValueError, match="activation 'gelu' is not one of"):
+    native_norm.group_norm(x, scale, bias, 3, 1e-6, "gelu")
