@@ -154,7 +154,8 @@ def get_train_step(loss_fn, optimizer, ema_rate, conv_impl="xla"):
   """`train_step(state, batch, rng) -> (state, metrics)`: one Adam update and one EMA update.
 
   `conv_impl` ('xla' or 'onednn', see `onednn_conv.resolve_impl`) computes the network's convs and their
-  gradients; the parameters and the math are the same either way.
+  gradients ('onednn': also NCSN++'s GroupNorm + SiLU, `native_norm`); the parameters and the math are the
+  same either way.
   """
 
   def train_step(state, batch, rng):

@@ -168,7 +168,7 @@ def train(config, workdir):
   # ---- compiled steps
   scaler = datasets.get_data_scaler(config)
   conv_impl = onednn_conv.resolve_impl(t.get("conv_impl", "auto"), mesh.devices.flat)
-  logging.info("Train-step convs: %s.", conv_impl)
+  logging.info("Train-step kernels: %s.", "oneDNN convs, native GroupNorm" if conv_impl == "onednn" else "XLA")
   train_step = losses.get_train_step(losses.get_loss_fn_from_config(config, sde, model, train=True), optimizer,
                                      config.model.ema_rate, conv_impl)
   eval_step = losses.get_eval_step(losses.get_loss_fn_from_config(config, sde, model, train=False))

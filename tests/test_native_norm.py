@@ -46,6 +46,22 @@ def test_values_and_gradients_match_flax(shape, groups, act):
     np.testing.assert_allclose(got, want, atol=1e-5 * np.sqrt(np.prod(shape[:-1])), rtol=1e-5)
 
 
+def test_shift_is_added_per_sample_and_channel():
+  """group_norm(x, shift=s) = GroupNorm(x + s[:, None, None, :]), gradient of s included (the conv bias and
+  time embedding that `layerspp.conv_temb_norm` folds in)."""
+  x, scale, bias, dy = inputs((3, 4, 5, 16))
+  shift = 2.0 * jax.random.normal(jax.random.PRNGKey(7), (3, 16))
+  y_ref, vjp_ref = jax.vjp(lambda x, s, a, b: flax_reference(x + s[:, None, None, :], a, b, 4, "silu"),
+                           x, shift, scale, bias)
+  y, vjp = jax.vjp(lambda x, s, a, b: native_norm.group_norm(x, a, b, 4, 1e-6, "silu", shift=s),
+                   x, shift, scale, bias)
+  np.testing.assert_allclose(y, y_ref, atol=2e-6, rtol=1e-5)
+  for got, want in zip(vjp(dy), vjp_ref(dy)):
+    np.testing.assert_allclose(got, want, atol=5e-5, rtol=1e-5)
+  with pytest.raises(ValueError, match=r"shift \(16,\) for input \(3, 4, 5, 16\): it must be \(N, C\)"):
+    native_norm.group_norm(x, scale, bias, 4, 1e-6, "silu", shift=shift[0])
+
+
 def test_gradient_matches_finite_differences():
   """An oracle independent of flax: central differences in float64 of the same formula in numpy."""
   shape, groups = (2, 3, 3, 8), 2
@@ -55,7 +71,8 @@ def test_gradient_matches_finite_differences():
     n, c = x.shape[0], x.shape[-1]
     g = x.reshape(n, -1, groups, c // groups)
     mean, var = g.mean(axis=(1, 3), keepdims=True), g.var(axis=(1, 3), keepdims=True)
-    z = ((g - mean) / np.sqrt(var + 1e-6)).reshape(x.shape) * np.asarray(scale, np.float64) + np.asarray(bias, np.float64)
+    z = ((g - mean) / np.sqrt(var + 1e-6)).reshape(x.shape)
+    z = z * np.asarray(scale, np.float64) + np.asarray(bias, np.float64)
     return np.sum(z / (1 + np.exp(-z)) * np.asarray(dy, np.float64))
 
   grad = jax.grad(lambda x: jnp.sum(native_norm.group_norm(x, scale, bias, groups, 1e-6, "silu") * dy))(x)
@@ -116,3 +133,29 @@ def test_bad_input_is_refused():
     native_norm.group_norm(x, scale[:6], bias, 3, 1e-6, "silu")
   with pytest.raises(ValueError, match="activation 'gelu' is not one of"):
     native_norm.group_norm(x, scale, bias, 3, 1e-6, "gelu")
+
+
+def test_native_model_has_the_same_parameters_and_output():
+  """A DDPM++ initialised inside conv_impl('onednn') (native Conv without bias add, GroupNorm with shift) has
+  the parameter tree and values of the plain one, and the same output to float32 rounding."""
+  from configs.vp import cifar10_ddpmpp_continuous  # pylint: disable=import-outside-toplevel
+  from score_sde.models import utils as mutils  # pylint: disable=import-outside-toplevel
+  config = cifar10_ddpmpp_continuous.get_config()
+  config.data.image_size = 8
+  config.model.update(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0)
+  model = mutils.create_model(config)
+  x, t = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3)), jnp.array([0.3, 0.9])
+  init = lambda: model.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, x, t, train=False)
+  plain = init()
+  with layers.conv_impl("onednn"):
+    native = init()
+  assert jax.tree.structure(native) == jax.tree.structure(plain)
+  for a, b in zip(jax.tree.leaves(native), jax.tree.leaves(plain)):
+    np.testing.assert_array_equal(a, b)
+  # Non-zero biases everywhere (they start at 0): the folded conv bias must count.
+  leaves, treedef = jax.tree.flatten(plain)
+  keys = jax.random.split(jax.random.PRNGKey(5), len(leaves))
+  params = jax.tree.unflatten(treedef, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+  with layers.conv_impl("onednn"):
+    y_native = model.apply(params, x, t, train=False)
+  np.testing.assert_allclose(y_native, model.apply(params, x, t, train=False), atol=2e-5, rtol=1e-5)

@@ -28,21 +28,44 @@ class GroupNorm(nn.Module):
   act: str = "none"
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, shift=None):
     scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
     bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
-    return native_norm.group_norm(x, scale, bias, self.num_groups, self.epsilon, self.act)
+    return native_norm.group_norm(x, scale, bias, self.num_groups, self.epsilon, self.act, shift)
+
+
+def _native_act(x, act):
+  """The native kernel's name for `act` ('silu' or 'none') when act(GroupNorm(x)) runs natively here: in the
+  CPU train step (`layers.conv_impl("onednn")`), float32, SiLU or no activation. None otherwise."""
+  if layers.native_kernels_active() and x.dtype == jnp.float32 and act in (None, nn.swish):
+    return "none" if act is None else "silu"
+  return None
 
 
 def group_norm(x, act=None):
   """act(GroupNorm(x)) as NCSN++ uses it (`act` None: no activation); creates one `GroupNorm_k` in the
-  caller's scope. In the CPU train step (`layers.conv_impl("onednn")`) a float32 GroupNorm followed by SiLU
-  or nothing runs natively: XLA:CPU spends ~5-8 thunks per pass on it."""
+  caller's scope. Natively (see `_native_act`) it is one call per pass, where XLA:CPU spends 5-8 thunks."""
   groups = min(x.shape[-1] // 4, 32)
-  if layers.native_kernels_active() and x.dtype == jnp.float32 and act in (None, nn.swish):
-    return GroupNorm(groups, 1e-6, "none" if act is None else "silu")(x)
+  if _native_act(x, act):
+    return GroupNorm(groups, 1e-6, _native_act(x, act))(x)
   y = nn.GroupNorm(num_groups=groups, epsilon=1e-6)(x)
   return y if act is None else act(y)
+
+
+def conv_temb_norm(h, temb, act, out_ch):
+  """act(GroupNorm(conv3x3(h) + Dense(act(temb)))) as the residual blocks compute it; creates `Conv_k`,
+  `Dense_k` (when temb is given) and `GroupNorm_k` in the caller's scope, in that order. Natively (the CPU
+  train step) the conv's bias and the time-embedding projection enter the GroupNorm call as one (N, C) shift:
+  no pass over h to add them, and no reductions over h for their gradients."""
+  if not _native_act(h, act):
+    h = conv3x3(h, out_ch)
+    h = _add_temb(h, temb, act, out_ch)
+    return group_norm(h, act)
+  h, conv_bias = layers.Conv(out_ch)(h)
+  shift = jnp.broadcast_to(conv_bias, (h.shape[0], out_ch))
+  if temb is not None:
+    shift = shift + nn.Dense(out_ch, kernel_init=layers.default_init())(act(temb))
+  return GroupNorm(min(out_ch // 4, 32), 1e-6, _native_act(h, act))(h, shift)
 
 
 def skip_sum(x, h, skip_rescale):
@@ -162,9 +185,7 @@ class ResnetBlockDDPMpp(nn.Module):
     c = x.shape[-1]
     out_ch = self.out_ch if self.out_ch else c
     h = group_norm(x, self.act)
-    h = conv3x3(h, out_ch)
-    h = _add_temb(h, temb, self.act, out_ch)
-    h = group_norm(h, self.act)
+    h = conv_temb_norm(h, temb, self.act, out_ch)
     h = layers.Dropout(self.dropout)(h, deterministic=not train)
     h = conv3x3(h, out_ch, init_scale=self.init_scale)
     if c != out_ch:
@@ -204,9 +225,7 @@ class ResnetBlockBigGANpp(nn.Module):
     h = group_norm(x, self.act)
     h = self._resample(h)
     x = self._resample(x)
-    h = conv3x3(h, out_ch)
-    h = _add_temb(h, temb, self.act, out_ch)
-    h = group_norm(h, self.act)
+    h = conv_temb_norm(h, temb, self.act, out_ch)
     h = layers.Dropout(self.dropout)(h, deterministic=not train)
     h = conv3x3(h, out_ch, init_scale=self.init_scale)
     if c != out_ch or self.up or self.down:

@@ -5,12 +5,13 @@
 // small DDPM++ train step that was ~38 ms of a ~115 ms step; here the forward pass is two sweeps over x
 // (statistics, then normalise + activate) and the backward pass two sweeps (per-channel sums, then dx).
 //
-//   y = act(scale[c] * (x - mean[n, g]) * rstd[n, g] + bias[c]),  g = c / (C / G),  act = identity | silu
-//   mean, var over (H, W, channels of g), biased var; rstd = 1 / sqrt(var + eps)   (flax.linen.GroupNorm)
+//   u = x + shift[n, c]   (optional: a conv's bias plus a time-embedding projection, folded in here)
+//   y = act(scale[c] * (u - mean[n, g]) * rstd[n, g] + bias[c]),  g = c / (C / G),  act = identity | silu
+//   mean, var of u over (H, W, channels of g), biased var; rstd = 1 / sqrt(var + eps)   (flax.linen.GroupNorm)
 //
-// Handlers (x is [N, ..., C] row-major, i.e. NHWC; statistics are [N, G]):
-//   NativeGroupNormFwd (x, scale[C], bias[C])                     -> (y, mean, rstd)
-//   NativeGroupNormBwd (x, scale, bias, mean, rstd, dy)           -> (dx, dscale[C], dbias[C])
+// Handlers (x is [N, ..., C] row-major, i.e. NHWC; statistics are [N, G]; shift is [N, C], or empty for none):
+//   NativeGroupNormFwd (x, shift, scale[C], bias[C])                  -> (y, mean, rstd)
+//   NativeGroupNormBwd (x, shift, scale, bias, mean, rstd, dy)        -> (dx, dshift, dscale[C], dbias[C])
 // Attributes: groups (int64), act (int64: 0 identity, 1 silu); forward also eps (float32).
 //
 // Sums are accumulated in double, per sample, and the per-sample parameter gradients are added in sample
@@ -141,37 +142,58 @@ void backward_sums(const float* x, const float* dy, int64_t pixels, int64_t chan
   }
 }
 
-// Backward, second sweep: dx = rstd * (scale * dz - mean_g(scale * dz) - xhat * mean_g(scale * dz * xhat)).
+// Backward, second sweep: dx = rstd * (scale * dz - mean_g(scale * dz) - xhat * mean_g(scale * dz * xhat)),
+// and its per-channel sums (the gradient of the shift).
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void backward_dx(const float* x, int64_t pixels, int64_t channels, const float* mean_c, const float* rstd_c,
-                 const float* scale, const float* a_c, const float* b_c, float* dx) {
+                 const float* scale, const float* a_c, const float* b_c, float* dx, double* sum_dx) {
+  std::fill(sum_dx, sum_dx + channels, 0.0);
   for (int64_t p = 0; p < pixels; ++p) {
     const float* xr = x + p * channels;
     float* dxr = dx + p * channels;
     for (int64_t c = 0; c < channels; ++c) {
       const float xhat = (xr[c] - mean_c[c]) * rstd_c[c];
-      dxr[c] = rstd_c[c] * (scale[c] * dxr[c] - a_c[c] - xhat * b_c[c]);
+      const float d = rstd_c[c] * (scale[c] * dxr[c] - a_c[c] - xhat * b_c[c]);
+      dxr[c] = d;
+      sum_dx[c] += d;
     }
   }
 }
 
-ffi::Error group_norm_fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias,
-                          ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> mean,
-                          ffi::ResultBuffer<ffi::F32> rstd, int64_t groups, float eps, int64_t act) {
+ffi::Error check_shift(const Layout& l, int64_t shift_size) {
+  if (shift_size != 0 && shift_size != l.n * l.channels) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "GroupNorm: shift must be [N, C] or empty");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error group_norm_fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> shift, ffi::Buffer<ffi::F32> scale,
+                          ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
+                          ffi::ResultBuffer<ffi::F32> mean, ffi::ResultBuffer<ffi::F32> rstd, int64_t groups,
+                          float eps, int64_t act) {
   const Layout l = layout(x.dimensions(), groups);
   if (ffi::Error e = check(l, scale.element_count()); e.failure()) return e;
+  if (ffi::Error e = check_shift(l, shift.element_count()); e.failure()) return e;
   const int64_t cg = l.group_size();
-  const float *xs = x.typed_data(), *sc = scale.typed_data(), *bi = bias.typed_data();
+  const bool has_shift = shift.element_count() != 0;
+  const float *xs = x.typed_data(), *shs = shift.typed_data(), *sc = scale.typed_data(), *bi = bias.typed_data();
   float *ys = y->typed_data(), *ms = mean->typed_data(), *rs = rstd->typed_data();
   std::lock_guard<std::mutex> lock(native_exec_mutex());
 #pragma omp parallel
   {
-    std::vector<double> sum(l.channels), sumsq(l.channels);
+    std::vector<double> sum(l.channels), sumsq(l.channels), offset(l.channels, 0.0);
     std::vector<float> mean_c(l.channels), mul_c(l.channels);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < l.n; ++n) {
       const float* xn = xs + n * l.pixels * l.channels;
       channel_moments(xn, l.pixels, l.channels, sum.data(), sumsq.data());
+      if (has_shift) {  // moments of x + s from those of x, exactly in double
+        for (int64_t c = 0; c < l.channels; ++c) {
+          const double s = offset[c] = shs[n * l.channels + c];
+          sumsq[c] += 2.0 * s * sum[c] + l.pixels * s * s;
+          sum[c] += l.pixels * s;
+        }
+      }
       for (int64_t g = 0; g < l.groups; ++g) {
         double s = 0.0, s2 = 0.0;
         for (int64_t c = g * cg; c < (g + 1) * cg; ++c) s += sum[c], s2 += sumsq[c];
@@ -181,7 +203,7 @@ ffi::Error group_norm_fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale, 
         ms[n * l.groups + g] = static_cast<float>(m);
         rs[n * l.groups + g] = r;
         for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
-          mean_c[c] = static_cast<float>(m);
+          mean_c[c] = static_cast<float>(m - offset[c]);  // (x + s) - m = x - (m - s)
           mul_c[c] = r * sc[c];
         }
       }
@@ -191,27 +213,32 @@ ffi::Error group_norm_fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale, 
   return ffi::Error::Success();
 }
 
-ffi::Error group_norm_bwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias,
-                          ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> rstd, ffi::Buffer<ffi::F32> dy,
-                          ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dscale,
+ffi::Error group_norm_bwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> shift, ffi::Buffer<ffi::F32> scale,
+                          ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> rstd,
+                          ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
+                          ffi::ResultBuffer<ffi::F32> dshift, ffi::ResultBuffer<ffi::F32> dscale,
                           ffi::ResultBuffer<ffi::F32> dbias, int64_t groups, int64_t act) {
   const Layout l = layout(x.dimensions(), groups);
   if (ffi::Error e = check(l, scale.element_count()); e.failure()) return e;
+  if (ffi::Error e = check_shift(l, shift.element_count()); e.failure()) return e;
   const int64_t cg = l.group_size();
-  const float *xs = x.typed_data(), *sc = scale.typed_data(), *bi = bias.typed_data();
+  const bool has_shift = shift.element_count() != 0;
+  const float *xs = x.typed_data(), *shs = shift.typed_data(), *sc = scale.typed_data(), *bi = bias.typed_data();
   const float *ms = mean.typed_data(), *rs = rstd.typed_data(), *dys = dy.typed_data();
-  float* dxs = dx->typed_data();
+  float *dxs = dx->typed_data(), *dshs = dshift->typed_data();
   // Per-sample parameter gradients, summed in sample order below (thread-count independent).
   std::vector<double> per_sample_dscale(l.n * l.channels), per_sample_dbias(l.n * l.channels);
   std::lock_guard<std::mutex> lock(native_exec_mutex());
 #pragma omp parallel
   {
     std::vector<float> mean_c(l.channels), rstd_c(l.channels), a_c(l.channels), b_c(l.channels);
+    std::vector<double> sum_dx(l.channels);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < l.n; ++n) {
       const int64_t offset = n * l.pixels * l.channels;
       for (int64_t c = 0; c < l.channels; ++c) {
-        mean_c[c] = ms[n * l.groups + c / cg];
+        mean_c[c] = static_cast<float>(static_cast<double>(ms[n * l.groups + c / cg]) -
+                                       (has_shift ? shs[n * l.channels + c] : 0.0f));
         rstd_c[c] = rs[n * l.groups + c / cg];
       }
       double* sum_dz = per_sample_dbias.data() + n * l.channels;
@@ -227,7 +254,10 @@ ffi::Error group_norm_bwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale, 
         }
       }
       backward_dx(xs + offset, l.pixels, l.channels, mean_c.data(), rstd_c.data(), sc, a_c.data(), b_c.data(),
-                  dxs + offset);
+                  dxs + offset, sum_dx.data());
+      if (has_shift) {
+        for (int64_t c = 0; c < l.channels; ++c) dshs[n * l.channels + c] = static_cast<float>(sum_dx[c]);
+      }
     }
   }
   for (int64_t c = 0; c < l.channels; ++c) {
@@ -246,6 +276,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NativeGroupNormFwd, group_norm_fwd,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
@@ -261,6 +292,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NativeGroupNormBwd, group_norm_bwd,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()

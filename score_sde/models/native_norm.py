@@ -17,40 +17,49 @@ from score_sde.models import onednn_conv
 ACTS = {"none": 0, "silu": 1}
 
 
-def _check(x, scale, groups, act):
+def _check(x, scale, shift, groups, act):
   if act not in ACTS:
     raise ValueError(f"native GroupNorm activation {act!r} is not one of {sorted(ACTS)}.")
   if x.shape[-1] % groups or scale.shape != (x.shape[-1],):
     raise ValueError(f"GroupNorm of {x.shape} into {groups} groups with scale {scale.shape}: the channel count "
                      "must divide into the groups and match scale.")
+  if shift is not None and shift.shape != (x.shape[0], x.shape[-1]):
+    raise ValueError(f"GroupNorm shift {shift.shape} for input {x.shape}: it must be (N, C).")
 
 
-def _forward(x, scale, bias, groups, eps, act):
-  _check(x, scale, groups, act)
+def group_norm(x, scale, bias, groups, eps, act="none", shift=None):
+  """act(GroupNorm(x + shift) * scale + bias) for float32 x of shape [N, ..., C]; act is 'none' or 'silu';
+  `shift` (N, C) or None is added to x per sample and channel inside the same pass (a conv's bias plus a
+  time-embedding projection, see `layerspp.conv_temb_norm`)."""
+  _check(x, scale, shift, groups, act)
   onednn_conv.library()
+  if shift is None:  # an empty shift is "none" to the kernel: no extra input pass, no gradient
+    shift = np.zeros((0,), np.float32)
+  return _group_norm(x, shift, scale, bias, groups, eps, act)
+
+
+def _forward(x, shift, scale, bias, groups, eps, act):
   stats = jax.ShapeDtypeStruct((x.shape[0], groups), x.dtype)
   return jax.ffi.ffi_call("NativeGroupNormFwd", (jax.ShapeDtypeStruct(x.shape, x.dtype), stats, stats))(
-      x, scale, bias, groups=np.int64(groups), eps=np.float32(eps), act=np.int64(ACTS[act]))
+      x, shift, scale, bias, groups=np.int64(groups), eps=np.float32(eps), act=np.int64(ACTS[act]))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def group_norm(x, scale, bias, groups, eps, act="none"):
-  """act(GroupNorm(x) * scale + bias) for float32 x of shape [N, ..., C]; act is 'none' or 'silu'."""
-  return _forward(x, scale, bias, groups, eps, act)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _group_norm(x, shift, scale, bias, groups, eps, act):
+  return _forward(x, shift, scale, bias, groups, eps, act)[0]
 
 
-def _group_norm_fwd(x, scale, bias, groups, eps, act):
-  y, mean, rstd = _forward(x, scale, bias, groups, eps, act)
-  return y, (x, scale, bias, mean, rstd)
+def _group_norm_fwd(x, shift, scale, bias, groups, eps, act):
+  y, mean, rstd = _forward(x, shift, scale, bias, groups, eps, act)
+  return y, (x, shift, scale, bias, mean, rstd)
 
 
 def _group_norm_bwd(groups, eps, act, residuals, dy):
   del eps  # the saved rstd already holds it
-  x, scale, bias, mean, rstd = residuals
-  out = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(scale.shape, scale.dtype),
-         jax.ShapeDtypeStruct(bias.shape, bias.dtype))
+  x, shift, scale, bias, mean, rstd = residuals
+  out = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (x, shift, scale, bias))
   return tuple(jax.ffi.ffi_call("NativeGroupNormBwd", out)(
-      x, scale, bias, mean, rstd, dy, groups=np.int64(groups), act=np.int64(ACTS[act])))
+      x, shift, scale, bias, mean, rstd, dy, groups=np.int64(groups), act=np.int64(ACTS[act])))
 
 
-group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
+_group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)

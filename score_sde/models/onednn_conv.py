@@ -8,9 +8,10 @@ kernels, with a custom VJP whose forward and backward passes are one custom call
 conv here only inside `layers.conv_impl("onednn")`, which `losses.get_train_step` opens around the loss
 and its gradient.
 
-The C++ source is compiled on first use (about 3 s, g++) against the installed `onednn-cpu-gomp` and
-`onednn-devel-cpu-gomp` wheels and jaxlib's FFI headers, and cached under `files.cache_dir()/native/`,
-keyed by the source, jax and oneDNN versions. Which implementation a run uses is `training.conv_impl`:
+The C++ sources (this file's and `native_norm.cc`'s GroupNorm) are compiled into one library on first use
+(about 5 s, g++ with OpenMP) against the installed `onednn-cpu-gomp` and `onednn-devel-cpu-gomp` wheels and
+jaxlib's FFI headers, and cached under `files.cache_dir()/native/`, keyed by the sources, flags, jax and
+oneDNN versions. Which implementation a run uses is `training.conv_impl`:
 'auto' picks oneDNN for a single-device, single-process CPU run on Linux x86-64 and XLA otherwise (a
 custom call has no sharding rule, so across several devices XLA's own conv is the one that splits).
 """
@@ -83,8 +84,8 @@ def _build(path):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
     out = os.path.join(tmp, os.path.basename(path))
-    cmd = [compiler, *CXXFLAGS, f"-I{jax.ffi.include_dir()}", f"-I{include_dir}", *SOURCES, f"-L{lib_dir}", "-l:libdnnl.so.3",
-           f"-Wl,-rpath,{lib_dir}", "-o", out]
+    cmd = [compiler, *CXXFLAGS, f"-I{jax.ffi.include_dir()}", f"-I{include_dir}", *SOURCES, f"-L{lib_dir}",
+           "-l:libdnnl.so.3", f"-Wl,-rpath,{lib_dir}", "-o", out]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
       raise RuntimeError(f"Building {' '.join(SOURCES)} failed ({' '.join(cmd)}):\n{result.stderr[-4000:]}")
