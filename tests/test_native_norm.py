@@ -62,6 +62,28 @@ def test_shift_is_added_per_sample_and_channel():
     native_norm.group_norm(x, scale, bias, 4, 1e-6, "silu", shift=shift[0])
 
 
+def test_dropout_mask_is_applied_as_flax_does():
+  """group_norm(..., keep=m, keep_prob=p) = where(m, act(GroupNorm(x)) / p, 0), gradients included, with the
+  mask `layers.Dropout.keep_mask` draws: the one `layers.Dropout` itself applies."""
+  x, scale, bias, dy = inputs((3, 4, 5, 16))
+  dropout = layers.Dropout(0.3)
+  rngs = {"dropout": jax.random.PRNGKey(11)}
+  keep = dropout.apply({}, x.shape, False, rngs=rngs, method=layers.Dropout.keep_mask)
+  assert keep.dtype == bool and 0.5 < float(keep.mean()) < 0.9
+  np.testing.assert_array_equal(dropout.apply({}, jnp.ones(x.shape), False, rngs=rngs), jnp.where(keep, 1 / 0.7, 0.0))
+  reference = lambda x, a, b: dropout.apply({}, flax_reference(x, a, b, 4, "silu"), False, rngs=rngs)
+  y_ref, vjp_ref = jax.vjp(reference, x, scale, bias)
+  y, vjp = jax.vjp(lambda x, a, b: native_norm.group_norm(x, a, b, 4, 1e-6, "silu", keep=keep, keep_prob=0.7),
+                   x, scale, bias)
+  np.testing.assert_allclose(y, y_ref, atol=4e-6, rtol=1e-5)
+  assert np.all((np.asarray(y) == 0) >= ~np.asarray(keep))  # dropped entries are exactly 0
+  for got, want in zip(vjp(dy), vjp_ref(dy)):
+    np.testing.assert_allclose(got, want, atol=5e-5, rtol=1e-5)
+  assert dropout.apply({}, x.shape, True, rngs=rngs, method=layers.Dropout.keep_mask) is None  # deterministic
+  with pytest.raises(ValueError, match=r"dropout mask bool\[3, 4, 5\] for input \(3, 4, 5, 16\)"):
+    native_norm.group_norm(x, scale, bias, 4, 1e-6, "silu", keep=keep[..., 0], keep_prob=0.7)
+
+
 def test_gradient_matches_finite_differences():
   """An oracle independent of flax: central differences in float64 of the same formula in numpy."""
   shape, groups = (2, 3, 3, 8), 2

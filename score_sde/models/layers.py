@@ -207,12 +207,19 @@ class Dropout(nn.Dropout):
       return inputs
     if self.rate == 1.0:
       return jnp.zeros_like(inputs)
-    keep_prob = 1.0 - self.rate
+    mask = self.keep_mask(inputs.shape, deterministic, rng)
+    return jax.lax.select(mask, inputs / (1.0 - self.rate), jnp.zeros_like(inputs))
+
+  def keep_mask(self, shape, deterministic=None, rng=None):
+    """The boolean mask `__call__` would apply to an input of `shape` (None when it applies none), for a
+    consumer that applies it in a pass of its own (`layerspp.conv_temb_norm`): where(mask, x / keep, 0)."""
+    deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    if self.rate == 0.0 or deterministic:
+      return None
     if rng is None:
       rng = self.make_rng(self.rng_collection)
-    shape = tuple(1 if d in self.broadcast_dims else n for d, n in enumerate(inputs.shape))
-    mask = jnp.broadcast_to(bernoulli_keep_mask(rng, keep_prob, shape), inputs.shape)
-    return jax.lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))
+    mask_shape = tuple(1 if d in self.broadcast_dims else n for d, n in enumerate(shape))
+    return jnp.broadcast_to(bernoulli_keep_mask(rng, 1.0 - self.rate, mask_shape), shape)
 
 
 ACTIVATIONS = {

@@ -20,18 +20,21 @@ conv3x3 = layers.ddpm_conv3x3
 
 
 class GroupNorm(nn.Module):
-  """`flax.linen.GroupNorm`'s parameters (`scale`, `bias`) and result, followed by `act` ('none' or 'silu'),
-  computed as one native call per pass (`native_norm.py`). Its class name makes Flax number it `GroupNorm_k`
-  in the same sequence as `nn.GroupNorm`, so either module fills the same checkpoint slot."""
+  """`flax.linen.GroupNorm`'s parameters (`scale`, `bias`) and result, followed by `act` ('none' or 'silu')
+  and, given a mask, dropout with `keep_prob`, computed as one native call per pass (`native_norm.py`). Its
+  class name makes Flax number it `GroupNorm_k` in the same sequence as `nn.GroupNorm`, so either module
+  fills the same checkpoint slot."""
   num_groups: int
   epsilon: float
   act: str = "none"
+  keep_prob: float = 1.0
 
   @nn.compact
-  def __call__(self, x, shift=None):
+  def __call__(self, x, shift=None, keep=None):
     scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
     bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
-    return native_norm.group_norm(x, scale, bias, self.num_groups, self.epsilon, self.act, shift)
+    return native_norm.group_norm(x, scale, bias, self.num_groups, self.epsilon, self.act, shift, keep,
+                                  self.keep_prob)
 
 
 def _native_act(x, act):
@@ -52,20 +55,26 @@ def group_norm(x, act=None):
   return y if act is None else act(y)
 
 
-def conv_temb_norm(h, temb, act, out_ch):
-  """act(GroupNorm(conv3x3(h) + Dense(act(temb)))) as the residual blocks compute it; creates `Conv_k`,
-  `Dense_k` (when temb is given) and `GroupNorm_k` in the caller's scope, in that order. Natively (the CPU
-  train step) the conv's bias and the time-embedding projection enter the GroupNorm call as one (N, C) shift:
-  no pass over h to add them, and no reductions over h for their gradients."""
-  if not _native_act(h, act):
+def conv_temb_norm(h, temb, act, out_ch, dropout=None, train=True):
+  """dropout(act(GroupNorm(conv3x3(h) + Dense(act(temb))))) as the residual blocks compute it; creates `Conv_k`,
+  `Dense_k` (when temb is given) and `GroupNorm_k` in the caller's scope, in that order; `dropout` is the
+  caller's `layers.Dropout` module or None. Natively (the CPU train step) it is one GroupNorm call per pass:
+  the conv's bias and the time-embedding projection enter it as one (N, C) shift, and the dropout mask (the
+  module's own, from its rng stream) is applied inside; no passes over h to add or mask, and no reductions over
+  h for the bias and embedding gradients."""
+  native = _native_act(h, act) and (dropout is None or dropout.rate < 1.0)
+  if not native:
     h = conv3x3(h, out_ch)
     h = _add_temb(h, temb, act, out_ch)
-    return group_norm(h, act)
+    h = group_norm(h, act)
+    return h if dropout is None else dropout(h, deterministic=not train)
   h, conv_bias = layers.Conv(out_ch)(h)
   shift = jnp.broadcast_to(conv_bias, (h.shape[0], out_ch))
   if temb is not None:
     shift = shift + nn.Dense(out_ch, kernel_init=layers.default_init())(act(temb))
-  return GroupNorm(min(out_ch // 4, 32), 1e-6, _native_act(h, act))(h, shift)
+  keep = None if dropout is None else dropout.keep_mask(h.shape, deterministic=not train)
+  keep_prob = 1.0 if keep is None else 1.0 - dropout.rate
+  return GroupNorm(min(out_ch // 4, 32), 1e-6, _native_act(h, act), keep_prob)(h, shift, keep)
 
 
 def skip_sum(x, h, skip_rescale):
@@ -185,8 +194,7 @@ class ResnetBlockDDPMpp(nn.Module):
     c = x.shape[-1]
     out_ch = self.out_ch if self.out_ch else c
     h = group_norm(x, self.act)
-    h = conv_temb_norm(h, temb, self.act, out_ch)
-    h = layers.Dropout(self.dropout)(h, deterministic=not train)
+    h = conv_temb_norm(h, temb, self.act, out_ch, layers.Dropout(self.dropout), train)
     h = conv3x3(h, out_ch, init_scale=self.init_scale)
     if c != out_ch:
       x = conv3x3(x, out_ch) if self.conv_shortcut else layers.NIN(out_ch)(x)
@@ -225,8 +233,7 @@ class ResnetBlockBigGANpp(nn.Module):
     h = group_norm(x, self.act)
     h = self._resample(h)
     x = self._resample(x)
-    h = conv_temb_norm(h, temb, self.act, out_ch)
-    h = layers.Dropout(self.dropout)(h, deterministic=not train)
+    h = conv_temb_norm(h, temb, self.act, out_ch, layers.Dropout(self.dropout), train)
     h = conv3x3(h, out_ch, init_scale=self.init_scale)
     if c != out_ch or self.up or self.down:
       x = conv1x1(x, out_ch)

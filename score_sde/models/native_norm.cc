@@ -7,12 +7,14 @@
 //
 //   u = x + shift[n, c]   (optional: a conv's bias plus a time-embedding projection, folded in here)
 //   y = act(scale[c] * (u - mean[n, g]) * rstd[n, g] + bias[c]),  g = c / (C / G),  act = identity | silu
+//   y = keep ? y / keep_prob : 0      (optional: the dropout that follows, with the mask drawn by JAX)
 //   mean, var of u over (H, W, channels of g), biased var; rstd = 1 / sqrt(var + eps)   (flax.linen.GroupNorm)
 //
-// Handlers (x is [N, ..., C] row-major, i.e. NHWC; statistics are [N, G]; shift is [N, C], or empty for none):
-//   NativeGroupNormFwd (x, shift, scale[C], bias[C])                  -> (y, mean, rstd)
-//   NativeGroupNormBwd (x, shift, scale, bias, mean, rstd, dy)        -> (dx, dshift, dscale[C], dbias[C])
-// Attributes: groups (int64), act (int64: 0 identity, 1 silu); forward also eps (float32).
+// Handlers (x is [N, ..., C] row-major, i.e. NHWC; statistics are [N, G]; shift is [N, C] and keep (bool) is
+// x's shape, each empty for none):
+//   NativeGroupNormFwd (x, shift, keep, scale[C], bias[C])               -> (y, mean, rstd)
+//   NativeGroupNormBwd (x, shift, keep, scale, bias, mean, rstd, dy)     -> (dx, dshift, dscale[C], dbias[C])
+// Attributes: groups (int64), act (int64: 0 identity, 1 silu), keep_prob (float32); forward also eps.
 //
 // Sums are accumulated in double, per sample, and the per-sample parameter gradients are added in sample
 // order, so results do not depend on the number of threads. Work is split over samples with OpenMP (the
@@ -97,10 +99,10 @@ void channel_moments(const float* x, int64_t pixels, int64_t channels, double* s
   }
 }
 
-// y = act((x - mean_c) * mul_c + bias_c) for one sample.
+// y = act((x - mean_c) * mul_c + bias_c) for one sample, then dropout where `keep` is given.
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void normalize(const float* x, int64_t pixels, int64_t channels, const float* mean_c, const float* mul_c,
-               const float* bias, int64_t act, float* y) {
+               const float* bias, int64_t act, const bool* keep, float keep_prob, float* y) {
   for (int64_t p = 0; p < pixels; ++p) {
     const float* row = x + p * channels;
     float* out = y + p * channels;
@@ -112,15 +114,19 @@ void normalize(const float* x, int64_t pixels, int64_t channels, const float* me
     } else {
       for (int64_t c = 0; c < channels; ++c) out[c] = (row[c] - mean_c[c]) * mul_c[c] + bias[c];
     }
+    if (keep != nullptr) {  // as flax's Dropout: select(keep, y / keep_prob, 0)
+      const bool* k = keep + p * channels;
+      for (int64_t c = 0; c < channels; ++c) out[c] = k[c] ? out[c] / keep_prob : 0.0f;
+    }
   }
 }
 
-// Backward, first sweep over one sample: dz = dy * act'(z) (stored in dx), and per-channel sums of dz and
-// dz * xhat.
+// Backward, first sweep over one sample: dz = dy' * act'(z) (stored in dx), dy' = dy through the dropout, and
+// per-channel sums of dz and dz * xhat.
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void backward_sums(const float* x, const float* dy, int64_t pixels, int64_t channels, const float* mean_c,
-                   const float* rstd_c, const float* scale, const float* bias, int64_t act, float* dz,
-                   double* sum_dz, double* sum_dz_xhat) {
+                   const float* rstd_c, const float* scale, const float* bias, int64_t act, const bool* keep,
+                   float keep_prob, float* dz, double* sum_dz, double* sum_dz_xhat) {
   std::fill(sum_dz, sum_dz + channels, 0.0);
   std::fill(sum_dz_xhat, sum_dz_xhat + channels, 0.0);
   for (int64_t p = 0; p < pixels; ++p) {
@@ -130,6 +136,7 @@ void backward_sums(const float* x, const float* dy, int64_t pixels, int64_t chan
     for (int64_t c = 0; c < channels; ++c) {
       const float xhat = (xr[c] - mean_c[c]) * rstd_c[c];
       float d = dyr[c];
+      if (keep != nullptr) d = keep[p * channels + c] ? d / keep_prob : 0.0f;
       if (act == kSilu) {
         const float z = xhat * scale[c] + bias[c];
         const float s = sigmoid(z);
@@ -160,20 +167,24 @@ void backward_dx(const float* x, int64_t pixels, int64_t channels, const float* 
   }
 }
 
-ffi::Error check_shift(const Layout& l, int64_t shift_size) {
+ffi::Error check_optional(const Layout& l, int64_t shift_size, int64_t keep_size) {
   if (shift_size != 0 && shift_size != l.n * l.channels) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "GroupNorm: shift must be [N, C] or empty");
+  }
+  if (keep_size != 0 && keep_size != l.n * l.pixels * l.channels) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "GroupNorm: the dropout mask must be x's shape or empty");
   }
   return ffi::Error::Success();
 }
 
-ffi::Error group_norm_fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> shift, ffi::Buffer<ffi::F32> scale,
-                          ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
+ffi::Error group_norm_fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> shift, ffi::Buffer<ffi::PRED> keep,
+                          ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
                           ffi::ResultBuffer<ffi::F32> mean, ffi::ResultBuffer<ffi::F32> rstd, int64_t groups,
-                          float eps, int64_t act) {
+                          float eps, int64_t act, float keep_prob) {
   const Layout l = layout(x.dimensions(), groups);
   if (ffi::Error e = check(l, scale.element_count()); e.failure()) return e;
-  if (ffi::Error e = check_shift(l, shift.element_count()); e.failure()) return e;
+  if (ffi::Error e = check_optional(l, shift.element_count(), keep.element_count()); e.failure()) return e;
+  const bool* keeps = keep.element_count() != 0 ? keep.typed_data() : nullptr;
   const int64_t cg = l.group_size();
   const bool has_shift = shift.element_count() != 0;
   const float *xs = x.typed_data(), *shs = shift.typed_data(), *sc = scale.typed_data(), *bi = bias.typed_data();
@@ -181,7 +192,7 @@ ffi::Error group_norm_fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> shift, 
   std::lock_guard<std::mutex> lock(native_exec_mutex());
 #pragma omp parallel
   {
-    std::vector<double> sum(l.channels), sumsq(l.channels), offset(l.channels, 0.0);
+    std::vector<double> sum(l.channels), sumsq(l.channels), shift_c(l.channels, 0.0);
     std::vector<float> mean_c(l.channels), mul_c(l.channels);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < l.n; ++n) {
@@ -189,7 +200,7 @@ ffi::Error group_norm_fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> shift, 
       channel_moments(xn, l.pixels, l.channels, sum.data(), sumsq.data());
       if (has_shift) {  // moments of x + s from those of x, exactly in double
         for (int64_t c = 0; c < l.channels; ++c) {
-          const double s = offset[c] = shs[n * l.channels + c];
+          const double s = shift_c[c] = shs[n * l.channels + c];
           sumsq[c] += 2.0 * s * sum[c] + l.pixels * s * s;
           sum[c] += l.pixels * s;
         }
@@ -203,24 +214,27 @@ ffi::Error group_norm_fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> shift, 
         ms[n * l.groups + g] = static_cast<float>(m);
         rs[n * l.groups + g] = r;
         for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
-          mean_c[c] = static_cast<float>(m - offset[c]);  // (x + s) - m = x - (m - s)
+          mean_c[c] = static_cast<float>(m - shift_c[c]);  // (x + s) - m = x - (m - s)
           mul_c[c] = r * sc[c];
         }
       }
-      normalize(xn, l.pixels, l.channels, mean_c.data(), mul_c.data(), bi, act, ys + n * l.pixels * l.channels);
+      const int64_t offset = n * l.pixels * l.channels;
+      normalize(xn, l.pixels, l.channels, mean_c.data(), mul_c.data(), bi, act,
+                keeps != nullptr ? keeps + offset : nullptr, keep_prob, ys + offset);
     }
   }
   return ffi::Error::Success();
 }
 
-ffi::Error group_norm_bwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> shift, ffi::Buffer<ffi::F32> scale,
-                          ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> rstd,
-                          ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
+ffi::Error group_norm_bwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> shift, ffi::Buffer<ffi::PRED> keep,
+                          ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> mean,
+                          ffi::Buffer<ffi::F32> rstd, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
                           ffi::ResultBuffer<ffi::F32> dshift, ffi::ResultBuffer<ffi::F32> dscale,
-                          ffi::ResultBuffer<ffi::F32> dbias, int64_t groups, int64_t act) {
+                          ffi::ResultBuffer<ffi::F32> dbias, int64_t groups, int64_t act, float keep_prob) {
   const Layout l = layout(x.dimensions(), groups);
   if (ffi::Error e = check(l, scale.element_count()); e.failure()) return e;
-  if (ffi::Error e = check_shift(l, shift.element_count()); e.failure()) return e;
+  if (ffi::Error e = check_optional(l, shift.element_count(), keep.element_count()); e.failure()) return e;
+  const bool* keeps = keep.element_count() != 0 ? keep.typed_data() : nullptr;
   const int64_t cg = l.group_size();
   const bool has_shift = shift.element_count() != 0;
   const float *xs = x.typed_data(), *shs = shift.typed_data(), *sc = scale.typed_data(), *bi = bias.typed_data();
@@ -244,7 +258,7 @@ ffi::Error group_norm_bwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> shift, 
       double* sum_dz = per_sample_dbias.data() + n * l.channels;
       double* sum_dz_xhat = per_sample_dscale.data() + n * l.channels;
       backward_sums(xs + offset, dys + offset, l.pixels, l.channels, mean_c.data(), rstd_c.data(), sc, bi, act,
-                    dxs + offset, sum_dz, sum_dz_xhat);
+                    keeps != nullptr ? keeps + offset : nullptr, keep_prob, dxs + offset, sum_dz, sum_dz_xhat);
       for (int64_t g = 0; g < l.groups; ++g) {
         double a = 0.0, b = 0.0;
         for (int64_t c = g * cg; c < (g + 1) * cg; ++c) a += sc[c] * sum_dz[c], b += sc[c] * sum_dz_xhat[c];
@@ -275,6 +289,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NativeGroupNormFwd, group_norm_fwd,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
@@ -282,12 +297,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NativeGroupNormFwd, group_norm_fwd,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("groups")
                                   .Attr<float>("eps")
-                                  .Attr<int64_t>("act"));
+                                  .Attr<int64_t>("act")
+                                  .Attr<float>("keep_prob"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NativeGroupNormBwd, group_norm_bwd,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -298,4 +315,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NativeGroupNormBwd, group_norm_bwd,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("groups")
-                                  .Attr<int64_t>("act"));
+                                  .Attr<int64_t>("act")
+                                  .Attr<float>("keep_prob"));

@@ -17,7 +17,7 @@ from score_sde.models import onednn_conv
 ACTS = {"none": 0, "silu": 1}
 
 
-def _check(x, scale, shift, groups, act):
+def _check(x, scale, shift, keep, groups, act):
   if act not in ACTS:
     raise ValueError(f"native GroupNorm activation {act!r} is not one of {sorted(ACTS)}.")
   if x.shape[-1] % groups or scale.shape != (x.shape[-1],):
@@ -25,41 +25,54 @@ def _check(x, scale, shift, groups, act):
                      "must divide into the groups and match scale.")
   if shift is not None and shift.shape != (x.shape[0], x.shape[-1]):
     raise ValueError(f"GroupNorm shift {shift.shape} for input {x.shape}: it must be (N, C).")
+  if keep is not None and (keep.shape != x.shape or keep.dtype != bool):
+    raise ValueError(f"GroupNorm dropout mask {keep.dtype}{list(keep.shape)} for input {x.shape}: it must be a "
+                     "boolean array of the input's shape.")
 
 
-def group_norm(x, scale, bias, groups, eps, act="none", shift=None):
-  """act(GroupNorm(x + shift) * scale + bias) for float32 x of shape [N, ..., C]; act is 'none' or 'silu';
-  `shift` (N, C) or None is added to x per sample and channel inside the same pass (a conv's bias plus a
-  time-embedding projection, see `layerspp.conv_temb_norm`)."""
-  _check(x, scale, shift, groups, act)
+def group_norm(x, scale, bias, groups, eps, act="none", shift=None, keep=None, keep_prob=1.0):
+  """act(GroupNorm(x + shift) * scale + bias), then dropout, for float32 x of shape [N, ..., C].
+
+  act is 'none' or 'silu'. `shift` (N, C) or None is added to x per sample and channel inside the same pass
+  (a conv's bias plus a time-embedding projection, see `layerspp.conv_temb_norm`). `keep` (a boolean mask of
+  x's shape, as `layers.Dropout.keep_mask` draws it) or None applies dropout as flax does:
+  where(keep, y / keep_prob, 0).
+  """
+  _check(x, scale, shift, keep, groups, act)
   onednn_conv.library()
-  if shift is None:  # an empty shift is "none" to the kernel: no extra input pass, no gradient
-    shift = np.zeros((0,), np.float32)
-  return _group_norm(x, shift, scale, bias, groups, eps, act)
+  empty = lambda dtype: np.zeros((0,), dtype)  # "none" to the kernel: no extra pass, no gradient
+  shift = empty(np.float32) if shift is None else shift
+  keep = empty(bool) if keep is None else keep
+  return _group_norm(x, shift, keep, scale, bias, groups, eps, act, float(keep_prob))
 
 
-def _forward(x, shift, scale, bias, groups, eps, act):
+def _attributes(groups, act, keep_prob):
+  return dict(groups=np.int64(groups), act=np.int64(ACTS[act]), keep_prob=np.float32(keep_prob))
+
+
+def _forward(x, shift, keep, scale, bias, groups, eps, act, keep_prob):
   stats = jax.ShapeDtypeStruct((x.shape[0], groups), x.dtype)
   return jax.ffi.ffi_call("NativeGroupNormFwd", (jax.ShapeDtypeStruct(x.shape, x.dtype), stats, stats))(
-      x, shift, scale, bias, groups=np.int64(groups), eps=np.float32(eps), act=np.int64(ACTS[act]))
+      x, shift, keep, scale, bias, eps=np.float32(eps), **_attributes(groups, act, keep_prob))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _group_norm(x, shift, scale, bias, groups, eps, act):
-  return _forward(x, shift, scale, bias, groups, eps, act)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _group_norm(x, shift, keep, scale, bias, groups, eps, act, keep_prob):
+  return _forward(x, shift, keep, scale, bias, groups, eps, act, keep_prob)[0]
 
 
-def _group_norm_fwd(x, shift, scale, bias, groups, eps, act):
-  y, mean, rstd = _forward(x, shift, scale, bias, groups, eps, act)
-  return y, (x, shift, scale, bias, mean, rstd)
+def _group_norm_fwd(x, shift, keep, scale, bias, groups, eps, act, keep_prob):
+  y, mean, rstd = _forward(x, shift, keep, scale, bias, groups, eps, act, keep_prob)
+  return y, (x, shift, keep, scale, bias, mean, rstd)
 
 
-def _group_norm_bwd(groups, eps, act, residuals, dy):
+def _group_norm_bwd(groups, eps, act, keep_prob, residuals, dy):
   del eps  # the saved rstd already holds it
-  x, shift, scale, bias, mean, rstd = residuals
+  x, shift, keep, scale, bias, mean, rstd = residuals
   out = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (x, shift, scale, bias))
-  return tuple(jax.ffi.ffi_call("NativeGroupNormBwd", out)(
-      x, shift, scale, bias, mean, rstd, dy, groups=np.int64(groups), act=np.int64(ACTS[act])))
+  dx, dshift, dscale, dbias = jax.ffi.ffi_call("NativeGroupNormBwd", out)(
+      x, shift, keep, scale, bias, mean, rstd, dy, **_attributes(groups, act, keep_prob))
+  return dx, dshift, None, dscale, dbias  # the mask has no gradient
 
 
 _group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
