@@ -85,7 +85,7 @@ ffi::Error check(const Layout& l, int64_t scale_size) {
 }
 
 // Per-channel sum and sum of squares of one sample (pixels x channels), in double.
-__attribute__((target_clones("avx512f", "avx2", "default")))
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void channel_moments(const float* x, int64_t pixels, int64_t channels, double* sum, double* sumsq) {
   std::fill(sum, sum + channels, 0.0);
   std::fill(sumsq, sumsq + channels, 0.0);
@@ -100,9 +100,9 @@ void channel_moments(const float* x, int64_t pixels, int64_t channels, double* s
 }
 
 // y = act((x - mean_c) * mul_c + bias_c) for one sample, then dropout where `keep` is given.
-__attribute__((target_clones("avx512f", "avx2", "default")))
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void normalize(const float* x, int64_t pixels, int64_t channels, const float* mean_c, const float* mul_c,
-               const float* bias, int64_t act, const bool* keep, float keep_prob, float* y) {
+               const float* bias, int64_t act, const uint8_t* keep, float keep_prob, float* y) {
   for (int64_t p = 0; p < pixels; ++p) {
     const float* row = x + p * channels;
     float* out = y + p * channels;
@@ -115,17 +115,17 @@ void normalize(const float* x, int64_t pixels, int64_t channels, const float* me
       for (int64_t c = 0; c < channels; ++c) out[c] = (row[c] - mean_c[c]) * mul_c[c] + bias[c];
     }
     if (keep != nullptr) {  // as flax's Dropout: select(keep, y / keep_prob, 0)
-      const bool* k = keep + p * channels;
-      for (int64_t c = 0; c < channels; ++c) out[c] = k[c] ? out[c] / keep_prob : 0.0f;
+      const uint8_t* k = keep + p * channels;
+      for (int64_t c = 0; c < channels; ++c) out[c] = k[c] != 0 ? out[c] / keep_prob : 0.0f;
     }
   }
 }
 
 // Backward, first sweep over one sample: dz = dy' * act'(z) (stored in dx), dy' = dy through the dropout, and
 // per-channel sums of dz and dz * xhat.
-__attribute__((target_clones("avx512f", "avx2", "default")))
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void backward_sums(const float* x, const float* dy, int64_t pixels, int64_t channels, const float* mean_c,
-                   const float* rstd_c, const float* scale, const float* bias, int64_t act, const bool* keep,
+                   const float* rstd_c, const float* scale, const float* bias, int64_t act, const uint8_t* keep,
                    float keep_prob, float* dz, double* sum_dz, double* sum_dz_xhat) {
   std::fill(sum_dz, sum_dz + channels, 0.0);
   std::fill(sum_dz_xhat, sum_dz_xhat + channels, 0.0);
@@ -133,10 +133,15 @@ void backward_sums(const float* x, const float* dy, int64_t pixels, int64_t chan
     const float* xr = x + p * channels;
     const float* dyr = dy + p * channels;
     float* dzr = dz + p * channels;
+    if (keep != nullptr) {  // through the dropout first (its own loop: mixing byte masks into the loop below
+                            // keeps GCC from vectorising it)
+      const uint8_t* k = keep + p * channels;
+      for (int64_t c = 0; c < channels; ++c) dzr[c] = k[c] != 0 ? dyr[c] / keep_prob : 0.0f;
+      dyr = dzr;
+    }
     for (int64_t c = 0; c < channels; ++c) {
       const float xhat = (xr[c] - mean_c[c]) * rstd_c[c];
       float d = dyr[c];
-      if (keep != nullptr) d = keep[p * channels + c] ? d / keep_prob : 0.0f;
       if (act == kSilu) {
         const float z = xhat * scale[c] + bias[c];
         const float s = sigmoid(z);
@@ -151,7 +156,7 @@ void backward_sums(const float* x, const float* dy, int64_t pixels, int64_t chan
 
 // Backward, second sweep: dx = rstd * (scale * dz - mean_g(scale * dz) - xhat * mean_g(scale * dz * xhat)),
 // and its per-channel sums (the gradient of the shift).
-__attribute__((target_clones("avx512f", "avx2", "default")))
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void backward_dx(const float* x, int64_t pixels, int64_t channels, const float* mean_c, const float* rstd_c,
                  const float* scale, const float* a_c, const float* b_c, float* dx, double* sum_dx) {
   std::fill(sum_dx, sum_dx + channels, 0.0);
@@ -184,7 +189,7 @@ ffi::Error group_norm_fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> shift, 
   const Layout l = layout(x.dimensions(), groups);
   if (ffi::Error e = check(l, scale.element_count()); e.failure()) return e;
   if (ffi::Error e = check_optional(l, shift.element_count(), keep.element_count()); e.failure()) return e;
-  const bool* keeps = keep.element_count() != 0 ? keep.typed_data() : nullptr;
+  const uint8_t* keeps = keep.element_count() != 0 ? reinterpret_cast<const uint8_t*>(keep.typed_data()) : nullptr;
   const int64_t cg = l.group_size();
   const bool has_shift = shift.element_count() != 0;
   const float *xs = x.typed_data(), *shs = shift.typed_data(), *sc = scale.typed_data(), *bi = bias.typed_data();
@@ -234,7 +239,7 @@ ffi::Error group_norm_bwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> shift, 
   const Layout l = layout(x.dimensions(), groups);
   if (ffi::Error e = check(l, scale.element_count()); e.failure()) return e;
   if (ffi::Error e = check_optional(l, shift.element_count(), keep.element_count()); e.failure()) return e;
-  const bool* keeps = keep.element_count() != 0 ? keep.typed_data() : nullptr;
+  const uint8_t* keeps = keep.element_count() != 0 ? reinterpret_cast<const uint8_t*>(keep.typed_data()) : nullptr;
   const int64_t cg = l.group_size();
   const bool has_shift = shift.element_count() != 0;
   const float *xs = x.typed_data(), *shs = shift.typed_data(), *sc = scale.typed_data(), *bi = bias.typed_data();
