@@ -37,6 +37,10 @@ class GroupNorm(nn.Module):
                                   self.keep_prob)
 
 
+def _groups(channels):
+  return min(channels // 4, 32)
+
+
 def _native_act(x, act):
   """The native kernel's name for `act` ('silu' or 'none') when act(GroupNorm(x)) runs natively here: in the
   CPU train step (`layers.conv_impl("onednn")`), float32, SiLU or no activation. None otherwise."""
@@ -48,10 +52,9 @@ def _native_act(x, act):
 def group_norm(x, act=None):
   """act(GroupNorm(x)) as NCSN++ uses it (`act` None: no activation); creates one `GroupNorm_k` in the
   caller's scope. Natively (see `_native_act`) it is one call per pass, where XLA:CPU spends 5-8 thunks."""
-  groups = min(x.shape[-1] // 4, 32)
   if _native_act(x, act):
-    return GroupNorm(groups, 1e-6, _native_act(x, act))(x)
-  y = nn.GroupNorm(num_groups=groups, epsilon=1e-6)(x)
+    return GroupNorm(_groups(x.shape[-1]), 1e-6, _native_act(x, act))(x)
+  y = nn.GroupNorm(num_groups=_groups(x.shape[-1]), epsilon=1e-6)(x)
   return y if act is None else act(y)
 
 
@@ -74,7 +77,7 @@ def conv_temb_norm(h, temb, act, out_ch, dropout=None, train=True):
     shift = shift + nn.Dense(out_ch, kernel_init=layers.default_init())(act(temb))
   keep = None if dropout is None else dropout.keep_mask(h.shape, deterministic=not train)
   keep_prob = 1.0 if keep is None else 1.0 - dropout.rate
-  return GroupNorm(min(out_ch // 4, 32), 1e-6, _native_act(h, act), keep_prob)(h, shift, keep)
+  return GroupNorm(_groups(out_ch), 1e-6, _native_act(h, act), keep_prob)(h, shift, keep)
 
 
 def skip_sum(x, h, skip_rescale):
