@@ -76,14 +76,6 @@ Layout layout(ffi::Buffer<ffi::F32>::Dimensions dims, int64_t groups) {
   return {dims[0], pixels, dims[dims.size() - 1], groups};
 }
 
-ffi::Error check(const Layout& l, int64_t scale_size) {
-  if (l.groups <= 0 || l.channels % l.groups != 0 || scale_size != l.channels) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "GroupNorm: channels must divide into groups and match scale/bias");
-  }
-  return ffi::Error::Success();
-}
-
 // Per-channel sum and sum of squares of one sample (pixels x channels), in double.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void channel_moments(const float* x, int64_t pixels, int64_t channels, double* sum, double* sumsq) {
@@ -172,7 +164,12 @@ void backward_dx(const float* x, int64_t pixels, int64_t channels, const float* 
   }
 }
 
-ffi::Error check_optional(const Layout& l, int64_t shift_size, int64_t keep_size) {
+// The checks both passes make on their shared inputs (shift and mask may be empty: none).
+ffi::Error check(const Layout& l, int64_t scale_size, int64_t shift_size, int64_t keep_size) {
+  if (l.groups <= 0 || l.channels % l.groups != 0 || scale_size != l.channels) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "GroupNorm: channels must divide into groups and match scale/bias");
+  }
   if (shift_size != 0 && shift_size != l.n * l.channels) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "GroupNorm: shift must be [N, C] or empty");
   }
@@ -182,14 +179,20 @@ ffi::Error check_optional(const Layout& l, int64_t shift_size, int64_t keep_size
   return ffi::Error::Success();
 }
 
+// The dropout mask as bytes (vectorisable where bool is not), or nullptr for none.
+const uint8_t* mask_bytes(ffi::Buffer<ffi::PRED> keep) {
+  return keep.element_count() != 0 ? reinterpret_cast<const uint8_t*>(keep.typed_data()) : nullptr;
+}
+
 ffi::Error group_norm_fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> shift, ffi::Buffer<ffi::PRED> keep,
                           ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
                           ffi::ResultBuffer<ffi::F32> mean, ffi::ResultBuffer<ffi::F32> rstd, int64_t groups,
                           float eps, int64_t act, float keep_prob) {
   const Layout l = layout(x.dimensions(), groups);
-  if (ffi::Error e = check(l, scale.element_count()); e.failure()) return e;
-  if (ffi::Error e = check_optional(l, shift.element_count(), keep.element_count()); e.failure()) return e;
-  const uint8_t* keeps = keep.element_count() != 0 ? reinterpret_cast<const uint8_t*>(keep.typed_data()) : nullptr;
+  if (ffi::Error e = check(l, scale.element_count(), shift.element_count(), keep.element_count()); e.failure()) {
+    return e;
+  }
+  const uint8_t* keeps = mask_bytes(keep);
   const int64_t cg = l.group_size();
   const bool has_shift = shift.element_count() != 0;
   const float *xs = x.typed_data(), *shs = shift.typed_data(), *sc = scale.typed_data(), *bi = bias.typed_data();
@@ -237,9 +240,10 @@ ffi::Error group_norm_bwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> shift, 
                           ffi::ResultBuffer<ffi::F32> dshift, ffi::ResultBuffer<ffi::F32> dscale,
                           ffi::ResultBuffer<ffi::F32> dbias, int64_t groups, int64_t act, float keep_prob) {
   const Layout l = layout(x.dimensions(), groups);
-  if (ffi::Error e = check(l, scale.element_count()); e.failure()) return e;
-  if (ffi::Error e = check_optional(l, shift.element_count(), keep.element_count()); e.failure()) return e;
-  const uint8_t* keeps = keep.element_count() != 0 ? reinterpret_cast<const uint8_t*>(keep.typed_data()) : nullptr;
+  if (ffi::Error e = check(l, scale.element_count(), shift.element_count(), keep.element_count()); e.failure()) {
+    return e;
+  }
+  const uint8_t* keeps = mask_bytes(keep);
   const int64_t cg = l.group_size();
   const bool has_shift = shift.element_count() != 0;
   const float *xs = x.typed_data(), *shs = shift.typed_data(), *sc = scale.typed_data(), *bi = bias.typed_data();
@@ -281,7 +285,10 @@ ffi::Error group_norm_bwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> shift, 
   }
   for (int64_t c = 0; c < l.channels; ++c) {
     double ds = 0.0, db = 0.0;
-    for (int64_t n = 0; n < l.n; ++n) ds += per_sample_dscale[n * l.channels + c], db += per_sample_dbias[n * l.channels + c];
+    for (int64_t n = 0; n < l.n; ++n) {
+      ds += per_sample_dscale[n * l.channels + c];
+      db += per_sample_dbias[n * l.channels + c];
+    }
     dscale->typed_data()[c] = static_cast<float>(ds);
     dbias->typed_data()[c] = static_cast<float>(db);
   }
