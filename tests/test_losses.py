@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from scipy import integrate
 
@@ -163,6 +164,24 @@ def test_optimizer_matches_the_reference_update(warmup, grad_clip, wd):
     updates, state = opt.update(jnp.asarray(g), state, p)
     p = p + updates
   np.testing.assert_allclose(p, reference_adam(params, grads_seq, 0.1, warmup, grad_clip, wd), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 30.0])
+def test_clip_by_global_norm_is_the_2021_rule_over_all_leaves(scale):
+  rng = np.random.default_rng(1)
+  grads = {"a": rng.normal(size=(3, 4)).astype(np.float32) * scale, "b": rng.normal(size=(7,)).astype(np.float32)}
+  clip = losses.clip_by_global_norm(2.0)
+  clipped, state = clip.update(jax.tree_util.tree_map(jnp.asarray, grads), clip.init(grads))
+  norm = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads.values()))
+  for key, g in grads.items():
+    np.testing.assert_allclose(clipped[key], g * 2.0 / max(norm, 2.0), rtol=2e-7)
+    if norm < 2.0:  # factor exactly 1: gradients pass bit for bit
+      np.testing.assert_array_equal(clipped[key], g)
+  if norm >= 2.0:
+    np.testing.assert_allclose(optax.global_norm(clipped), 2.0, rtol=1e-6)
+  # The same optimizer-state structure as optax's clip, so checkpoints of either restore into the other.
+  assert jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(
+      optax.clip_by_global_norm(2.0).init(grads))
 
 
 def test_first_update_has_zero_learning_rate_with_warmup():
