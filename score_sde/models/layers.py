@@ -250,12 +250,6 @@ def get_timestep_embedding(timesteps, embedding_dim, max_positions=10000):
   return emb
 
 
-def group_norm(x, num_groups=32, eps=1e-6, name=None):
-  """GroupNorm with at most `num_groups` groups (min(C // 4, num_groups)), eps 1e-6 as in the reference."""
-  groups = min(x.shape[-1] // 4, num_groups)
-  return nn.GroupNorm(num_groups=groups, epsilon=eps, name=name)(x)
-
-
 def rescale_to_model_range(x, centered):
   """Networks see data in [-1, 1]: non-centred data in [0, 1] is mapped with 2x - 1 inside the model."""
   return x if centered else 2.0 * x - 1.0
@@ -273,8 +267,8 @@ from typing import Callable, Optional  # noqa: E402  pylint: disable=g-import-no
 def ddpm_group_norm():
   """The DDPM U-Net's GroupNorm: hard-wired to 32 groups (channels must be multiples of 32), eps 1e-6.
 
-  Unlike `group_norm` above (NCSN++: min(C // 4, 32) groups), the DDPM paper's network never shrinks the
-  group count, so its checkpoints and numerics depend on exactly 32 groups.
+  Unlike `layerspp.group_norm` (NCSN++: min(C // 4, 32) groups), the DDPM paper's network never shrinks
+  the group count, so its checkpoints and numerics depend on exactly 32 groups.
   """
   return nn.GroupNorm(num_groups=32, epsilon=1e-6)
 
