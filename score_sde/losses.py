@@ -45,7 +45,7 @@ def clip_by_global_norm(max_norm):
 
   def update_fn(updates, state, params=None):
     del params
-    factor = max_norm / jnp.maximum(optax.global_norm(updates), max_norm)
+    factor = max_norm / jnp.maximum(optax.tree.norm(updates), max_norm)
     return jax.tree_util.tree_map(lambda g: g * factor.astype(g.dtype), updates), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)

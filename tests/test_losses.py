@@ -178,7 +178,7 @@ def test_clip_by_global_norm_is_the_2021_rule_over_all_leaves(scale):
     if norm < 2.0:  # factor exactly 1: gradients pass bit for bit
       np.testing.assert_array_equal(clipped[key], g)
   if norm >= 2.0:
-    np.testing.assert_allclose(optax.global_norm(clipped), 2.0, rtol=1e-6)
+    np.testing.assert_allclose(optax.tree.norm(clipped), 2.0, rtol=1e-6)
   # The same optimizer-state structure as optax's clip, so checkpoints of either restore into the other.
   assert jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(
       optax.clip_by_global_norm(2.0).init(grads))
