@@ -1,5 +1,4 @@
 """Losses against closed forms (Gaussian data has an exact score for every SDE), optimizer, EMA, steps."""
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +6,6 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from scipy import integrate
 
 from score_sde import losses, sde_lib
 
