@@ -72,6 +72,7 @@ def refinenet(config, *, name, sigma_max, num_scales, scale_by_sigma, ema_rate):
   model.interpolation = "bilinear"
   config.training.sde = "vesde"
   config.training.continuous = False
+  config.optim.amsgrad = False               # read by nothing: plain Adam (as in 2021, which sets it too)
   config.optim.warmup = 0
   config.optim.grad_clip = -1.0
   return config

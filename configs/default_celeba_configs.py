@@ -4,7 +4,6 @@ from configs import default_cifar10_configs
 
 def get_default_configs():
   config = default_cifar10_configs.get_default_configs()
-  config.training.snapshot_freq_for_preemption = 5000
   config.sampling.snr = 0.17
   config.eval.begin_ckpt = 1
   config.eval.end_ckpt = 26

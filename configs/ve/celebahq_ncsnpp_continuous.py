@@ -8,4 +8,6 @@ from configs.ve.ffhq_ncsnpp_continuous import get_config as _base_config
 def get_config():
   config = _base_config()
   config.data.dataset = "CelebAHQ"
+  config.training.reduce_mean = False        # 2021: FFHQ averages the loss, CelebA-HQ sums it
+  config.training.n_jitted_steps = 1
   return config

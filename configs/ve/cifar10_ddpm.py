@@ -14,4 +14,5 @@ def get_config():
   config.sampling.corrector = "langevin"
   config.model.scale_by_sigma = True
   config.model.ema_rate = 0.999
+  config.model.conv_size = 3                 # read by nothing
   return config

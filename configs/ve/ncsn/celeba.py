@@ -9,9 +9,6 @@ from configs.default_celeba_configs import get_default_configs
 def get_config():
   config = get_default_configs()
   archs.refinenet(config, name="ncsn", sigma_max=1.0, num_scales=10, scale_by_sigma=False, ema_rate=0.0)
-  config.training.batch_size = 128
-  config.training.n_iters = 300001
-  config.training.snapshot_freq = 10000
   config.sampling.predictor = "none"
   config.sampling.corrector = "ald"
   config.sampling.n_steps_each = 100

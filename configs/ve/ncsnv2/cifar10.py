@@ -9,8 +9,6 @@ from configs.default_cifar10_configs import get_default_configs
 def get_config():
   config = get_default_configs()
   archs.refinenet(config, name="ncsnv2_64", sigma_max=50.0, num_scales=232, scale_by_sigma=True, ema_rate=0.999)
-  config.training.n_iters = 300001
-  config.training.snapshot_freq = 10000
   config.sampling.predictor = "none"
   config.sampling.corrector = "ald"
   config.sampling.n_steps_each = 5

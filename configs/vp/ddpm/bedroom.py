@@ -18,6 +18,7 @@ def get_config():
   config.data.centered = True
   config.model.ch_mult = (1, 1, 2, 2, 4, 4)
   config.model.dropout = 0.0
+  config.model.num_scales = 1000            # T = 1000 (Ho et al.), not the LSUN defaults' 2000
   config.model.scale_by_sigma = False
   config.model.ema_rate = 0.9999
   config.optim.lr = 2e-5
