@@ -99,7 +99,8 @@ def build_sampler(config, model, settings, shape):
     config.model.num_scales = settings.pop("num_scales")
   config.sampling.update(settings)
   sde = sde_lib.get_sde(config)
-  score_fn = mutils.get_score_fn(sde, model, train=False, continuous=config.training.continuous)
+  score_fn = mutils.get_score_fn(sde, model, continuous=config.training.continuous,
+                                  probability_flow=sampling.uses_probability_flow(config))
   return sampling.get_sampling_fn(config, sde, score_fn, shape, datasets.get_data_inverse_scaler(config),
                                   sde.default_sampling_eps)
 

@@ -5,8 +5,8 @@ k * training.snapshot_freq, the 2021 numbering; one not yet written is waited fo
 training), with the EMA parameters, whichever of these are enabled:
 
   enable_loss      the training loss on the test split (full batches)
-  enable_bpd       NLL in bits/dim by the probability-flow ODE on `bpd_dataset`, `bpd_num_repeats` passes, each
-                   with fresh uniform dequantisation (SPEC.md §6)
+  enable_bpd       NLL in bits/dim by the probability-flow ODE on `bpd_dataset` (`bpd_passes`: bpd_num_repeats
+                   passes over the test split, each with fresh uniform dequantisation; one over train)
   enable_vlb       the DDPM discrete variational bound (Ho et al. eq. 5 with the eq. 13 decoder) on the test split
   enable_sampling  `num_samples` samples in rounds of eval.batch_size; their features give FID / IS / KID
                    against the dataset's reference statistics (`--mode stats` writes them)
@@ -120,7 +120,11 @@ class _Context:
     self.pi, self.pc = jax.process_index(), jax.process_count()
     h, c = config.data.image_size, config.data.num_channels
     self.image_shape = (h, h, c)
-    self.score_fn = mutils.get_score_fn(self.sde, self.model, train=False, continuous=config.training.continuous)
+    continuous = config.training.continuous
+    # The training convention (loss, VLB), the probability flow's (bits/dim) and the sampler's (either).
+    self.score_fn = mutils.get_score_fn(self.sde, self.model, continuous=continuous)
+    self.flow_score_fn = mutils.get_score_fn(self.sde, self.model, continuous=continuous, probability_flow=True)
+    self.sampler_score_fn = self.flow_score_fn if sampling.uses_probability_flow(config) else self.score_fn
 
   def global_batch(self, images):
     return parallel.global_batch({"image": images}, self.batch_sharding)["image"]
@@ -148,7 +152,8 @@ def _first_missing(folder, names):
 # needs once) and then run per checkpoint (`run(params, step, out) -> report entries`), so its jitted functions
 # compile once for the whole checkpoint range.
 def make_loss_eval(ctx):
-  """Mean training loss of the EMA parameters over the test split's full batches (padding would bias it)."""
+  """Mean training loss of the EMA parameters over the test split's full batches (padding would bias it), on
+  data dequantised exactly when training's is (config.data.uniform_dequantization), as in 2021."""
   config = ctx.config
   loss_fn = losses.get_loss_fn_from_config(config, ctx.sde, ctx.model, train=False)
   loss_step = jax.jit(lambda p, x, key: loss_fn(p, ctx.scaler(x), key), out_shardings=ctx.repl)
@@ -157,7 +162,7 @@ def make_loss_eval(ctx):
 
     def compute():
       values = []
-      for b, batch in enumerate(_batches(ctx, "test", False, 0, 0)):
+      for b, batch in enumerate(_batches(ctx, "test", None, 0, 0)):
         if _gather(batch["mask"]).min() < 1:  # the padded last batch
           continue
         values.append(float(loss_step(params, ctx.global_batch(batch["image"]), ctx.rng(step, 0, b))))
@@ -216,15 +221,31 @@ def _per_example_units(ctx, params, step, out, name, split, dequantize, passes, 
   return {f: np.concatenate(v) for f, v in values.items()}, nfes, seconds, computed
 
 
-def make_bpd_eval(ctx):
-  """Bits/dim by the probability flow (SPEC.md §6) over eval.bpd_num_repeats dequantised passes."""
-  from score_sde import likelihood  # pylint: disable=g-import-not-at-top
-  e = ctx.config.eval
+def bpd_passes(config):
+  """Passes over eval.bpd_dataset: eval.bpd_num_repeats over the test split (each with fresh dequantisation
+  noise; the paper averages 5), one over the train split, as the 2021 evaluation did."""
+  e = config.eval
+  if e.bpd_dataset.lower() not in ("train", "test"):
+    raise ValueError(f"eval.bpd_dataset={e.bpd_dataset!r} is not 'train' or 'test'.")
   if e.bpd_num_repeats < 1:
     raise ValueError(f"eval.bpd_num_repeats={e.bpd_num_repeats} must be >= 1.")
-  likelihood_fn = likelihood.get_likelihood_fn(ctx.sde, ctx.score_fn, ctx.inverse_scaler,
+  return e.bpd_num_repeats if e.bpd_dataset.lower() == "test" else 1
+
+
+def make_bpd_eval(ctx):
+  """Bits/dim by the probability flow (Song et al. 2021, App. D.2) over `bpd_passes` dequantised passes.
+
+  Discrete DDPM models are read with the continuous convention here, as in 2021 (`get_score_fn`'s
+  probability_flow). The solver is the ODE sampler's RK45 pair at rtol = atol = 1e-5 unless eval.bpd_method,
+  eval.bpd_rtol or eval.bpd_atol say otherwise, so NFE compare with the 2021 code's scipy RK45.
+  """
+  from score_sde import likelihood  # pylint: disable=g-import-not-at-top
+  e = ctx.config.eval
+  passes = bpd_passes(ctx.config)
+  likelihood_fn = likelihood.get_likelihood_fn(ctx.sde, ctx.flow_score_fn, ctx.inverse_scaler,
                                                hutchinson_type=e.get("bpd_hutchinson", "Rademacher"),
-                                               rtol=e.get("bpd_rtol", 1e-5), atol=e.get("bpd_atol", 1e-5))
+                                               rtol=e.get("bpd_rtol", 1e-5), atol=e.get("bpd_atol", 1e-5),
+                                               method=e.get("bpd_method", "rk45"))
 
   def fn(key, params, data):
     bpd, _, nfe = likelihood_fn(key, params, data)
@@ -232,7 +253,7 @@ def make_bpd_eval(ctx):
 
   def run(params, step, out):
     values, nfes, seconds, computed = _per_example_units(ctx, params, step, out, "bpd", e.bpd_dataset, True,
-                                                         e.bpd_num_repeats, fn, ("bpd",), "bpd")
+                                                         passes, fn, ("bpd",), "bpd")
     bpd = values["bpd"]
     report = {"bpd": float(bpd.mean()), "bpd_stderr": float(bpd.std() / np.sqrt(len(bpd))),
               "bpd_examples": int(len(bpd)), "bpd_mean_nfe": float(np.mean(nfes))}
@@ -273,10 +294,11 @@ def make_sample_eval(ctx):
     raise ValueError(f"eval.num_samples={num_samples}: FID / KID need at least 2 samples.")
   ref_stats = evaluation.load_stats(evaluation.stats_path(config))  # a missing file fails before any work
   feature_fn = evaluation.get_feature_fn(config)
-  sampler = sampling.get_sampling_fn(config, ctx.sde, ctx.score_fn, (batch,) + ctx.image_shape, ctx.inverse_scaler,
+  sampler = sampling.get_sampling_fn(config, ctx.sde, ctx.sampler_score_fn, (batch,) + ctx.image_shape, ctx.inverse_scaler,
                                      ctx.sde.default_sampling_eps, sharding=parallel.sampler_sharding(ctx.mesh))
   sample_fn = jax.jit(sampler, out_shardings=(ctx.batch_sharding, ctx.repl))
   rounds = math.ceil(num_samples / batch)
+  rounding = bool(config.eval.get("uint8_rounding", False))  # False: the 2021 truncation (image_utils.to_uint8)
 
   def run(params, step, out):
     folder = out / "samples"
@@ -286,7 +308,7 @@ def make_sample_eval(ctx):
 
       def compute(r=r):
         samples, round_nfe = sample_fn(ctx.rng(step, 1000, r), params)
-        images = image_utils.to_uint8(_gather(samples)[:min(batch, num_samples - r * batch)])
+        images = image_utils.to_uint8(_gather(samples)[:min(batch, num_samples - r * batch)], rounding)
         features = feature_fn(images)
         if ctx.is_main and r == 0:
           with (folder / "samples_0.png").open("wb") as f:
@@ -373,11 +395,12 @@ def compute_stats(config, split="train"):
   feature_fn = evaluation.get_feature_fn(config)
   pi, pc = jax.process_index(), jax.process_count()
   n = datasets.num_examples(config, split)
+  rounding = bool(config.eval.get("uint8_rounding", False))
   batches = datasets.eval_iterator(config, split, process_index=pi, process_count=pc, dequantize=False)
   pool = []
   for batch in tqdm.tqdm(batches, total=math.ceil(n / config.eval.batch_size), desc=f"features of {split}",
                          disable=jax.process_index() != 0):
-    images = image_utils.to_uint8(_gather(batch["image"]))[_gather(batch["mask"]) > 0]
+    images = image_utils.to_uint8(_gather(batch["image"]), rounding)[_gather(batch["mask"]) > 0]
     pool.append(feature_fn(images)["pool_3"])
   features = np.concatenate(pool)
   if jax.process_index() == 0:

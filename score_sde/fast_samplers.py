@@ -219,7 +219,7 @@ def _ddim_from_config(config, sde, score_fn, shape, inverse_scaler, eps, shardin
                           **_grid_settings(config))
 
 
-@sampling.register_sampler("heun")
+@sampling.register_sampler("heun", probability_flow=True)
 def _heun_from_config(config, sde, score_fn, shape, inverse_scaler, eps, sharding=None):
   """Reads sampling.noise_removal and sampling.{num_steps, time_grid} (defaults 50, 'uniform')."""
   return get_heun_sampler(sde, score_fn, shape, inverse_scaler, denoise=config.sampling.noise_removal, eps=eps,

@@ -50,7 +50,8 @@ def sample(config, workdir, eval_folder="eval"):
   mesh = parallel.make_mesh()
   step, params = restore_ema_params(config, workdir, model, mesh)
   h, c = config.data.image_size, config.data.num_channels
-  score_fn = mutils.get_score_fn(sde, model, train=False, continuous=config.training.continuous)
+  score_fn = mutils.get_score_fn(sde, model, continuous=config.training.continuous,
+                                  probability_flow=sampling.uses_probability_flow(config))
   sampler = sampling.get_sampling_fn(config, sde, score_fn, (batch, h, h, c),
                                      datasets.get_data_inverse_scaler(config), sde.default_sampling_eps,
                                      sharding=parallel.sampler_sharding(mesh))
@@ -58,6 +59,7 @@ def sample(config, workdir, eval_folder="eval"):
   folder = epath.Path(workdir) / eval_folder / "samples" / f"step_{step}"
   folder.mkdir(parents=True, exist_ok=True)
   rounds = math.ceil(num_samples / batch)
+  rounding = bool(config.eval.get("uint8_rounding", False))  # False: the 2021 truncation (image_utils.to_uint8)
   base_rng = jax.random.PRNGKey(config.seed)
   is_main = jax.process_index() == 0
   done, drawn, seconds, nfe = 0, 0, 0.0, None
@@ -70,7 +72,7 @@ def sample(config, workdir, eval_folder="eval"):
     images, nfe = sample_fn(jax.random.fold_in(base_rng, r), params)
     images = np.asarray(multihost_utils.process_allgather(images, tiled=True))
     seconds += time.perf_counter() - start
-    images = image_utils.to_uint8(images[:min(batch, num_samples - r * batch)])
+    images = image_utils.to_uint8(images[:min(batch, num_samples - r * batch)], rounding)
     drawn += len(images)
     if is_main:
       # The npz is the round's 'done' marker, so it is written last.

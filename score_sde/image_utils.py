@@ -5,9 +5,14 @@ import numpy as np
 from PIL import Image
 
 
-def to_uint8(images):
-  """[0, 1] floats -> uint8, rounding as image writers do."""
-  return np.clip(np.asarray(images, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+def to_uint8(images, rounding=False):
+  """[0, 1] floats -> uint8 by the 2021 code's rule, clip(255 x, 0, 255) truncated to an integer: what its
+  evaluation fed Inception and its snapshots saved. Grey level k then covers [k/255, (k+1)/255), so samples
+  sit half a level darker than under rounding (FID moves with it); data already on the grid (k / 255 in
+  float32) maps back to k exactly either way. rounding=True takes the nearest level instead, as image
+  writers do (config.eval.uint8_rounding; not the paper's procedure)."""
+  scaled = np.clip(np.asarray(images, np.float32) * 255.0 + (0.5 if rounding else 0.0), 0, 255)
+  return scaled.astype(np.uint8)
 
 
 def make_grid(images, nrow=None, padding=2, pad_value=255):

@@ -84,7 +84,7 @@ def _drift_and_divergence(drift, x, kind, probe):
 
 
 def get_likelihood_fn(sde, score_fn, inverse_scaler, hutchinson_type="Rademacher", rtol=1e-5, atol=1e-5,
-                      method="dopri5", eps=1e-5, max_steps=16384):
+                      method="rk45", eps=1e-5, max_steps=16384):
   """Bits/dim of data under the probability-flow ODE of `(sde, score_fn)` (Song et al. 2021, App. D.2).
 
   Args:
@@ -95,7 +95,8 @@ def get_likelihood_fn(sde, score_fn, inverse_scaler, hutchinson_type="Rademacher
       (the full Jacobian trace by D Jacobian-vector products per evaluation; for small data, e.g. tests).
     rtol, atol: the adaptive step-size controller's tolerances; the error norm is the RMS over the whole
       augmented state (every x and the log-density integrals), like the 2021 code's scipy RK45.
-    method: a diffrax solver name from `sampling.ode_methods()` (not 'scipy_rk45'); Dopri5 by default.
+    method: a diffrax solver name from `sampling.ode_methods()` (not 'scipy_rk45'). The default 'rk45' is the
+      ODE sampler's pair, scipy's RK45 error estimate as the 2021 likelihood used, so NFE compare with its.
     eps: the time the data sits at; integration runs from eps to T.
     max_steps: a solve needing more steps raises an error instead of returning a truncated result.
 

@@ -514,12 +514,17 @@ def get_ode_sampler_scipy(sde, score_fn, shape, inverse_scaler, denoise=False, r
 _SAMPLERS = {}
 
 
-def register_sampler(name):
+_FLOW_SAMPLERS = set()
+
+
+def register_sampler(name, probability_flow=False):
   """Decorator registering a sampler builder under `config.sampling.method == name`.
 
   The builder is `build(config, sde, score_fn, shape, inverse_scaler, eps, sharding=None)` and returns a
   jit-compiled `sampler(rng, params, z=None) -> (samples, nfe)`. Optional config keys are read with defaults
-  (getattr), so old configs keep working.
+  (getattr), so old configs keep working. probability_flow=True marks a sampler that integrates the
+  probability-flow ODE: its score is built with `get_score_fn(..., probability_flow=True)`
+  (see `uses_probability_flow`).
   """
 
   def _register(builder):
@@ -527,9 +532,20 @@ def register_sampler(name):
     if key in _SAMPLERS:
       raise ValueError(f"A sampler named {key!r} is already registered ({_SAMPLERS[key].__name__}).")
     _SAMPLERS[key] = builder
+    if probability_flow:
+      _FLOW_SAMPLERS.add(key)
     return builder
 
   return _register
+
+
+def uses_probability_flow(config):
+  """Whether `config.sampling.method` integrates the probability flow (the ODE and Heun samplers): such a
+  sampler reads a discrete DDPM model with the continuous convention, as the 2021 ODE sampler did
+  (`models.utils.get_score_fn`'s probability_flow). The PC sampler keeps the training convention, even with
+  sampling.probability_flow=True (its reverse-diffusion predictor on the flow), as in 2021."""
+  registered_samplers()
+  return str(config.sampling.method).lower() in _FLOW_SAMPLERS
 
 
 def _import_all_samplers():
@@ -552,7 +568,7 @@ def _pc_from_config(config, sde, score_fn, shape, inverse_scaler, eps, sharding=
                         eps=eps, sharding=sharding)
 
 
-@register_sampler("ode")
+@register_sampler("ode", probability_flow=True)
 def _ode_from_config(config, sde, score_fn, shape, inverse_scaler, eps, sharding=None):
   """Reads sampling.noise_removal and the optional sampling.{ode_method, ode_rtol, ode_atol}
   (defaults rk45, 1e-5, 1e-5)."""

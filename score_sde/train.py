@@ -197,7 +197,8 @@ def train(config, workdir):
   sample_fn = None
   if t.snapshot_sampling:
     sample_shape = (t.batch_size, h, w, c)
-    score_fn = mutils.get_score_fn(sde, model, train=False, continuous=t.continuous)
+    score_fn = mutils.get_score_fn(sde, model, continuous=t.continuous,
+                                   probability_flow=sampling.uses_probability_flow(config))
     sampler = sampling.get_sampling_fn(config, sde, score_fn, sample_shape,
                                        datasets.get_data_inverse_scaler(config), sde.default_sampling_eps,
                                        sharding=parallel.sampler_sharding(mesh))

@@ -65,18 +65,23 @@ def test_eval_killed_mid_run_resumes_without_redoing_units_and_gives_the_same_re
   assert "| 20 |" in table and "vlb_bpd" in table
 
 
-def test_eval_loss_matches_a_direct_computation(trained):
+@pytest.mark.parametrize("dequantize", [False, True])
+def test_eval_loss_matches_a_direct_computation(trained, dequantize):
+  """On the test split dequantised exactly when training data is (data.uniform_dequantization), as in 2021."""
   from score_sde import config_checks, datasets, generate, losses, parallel  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   config = tiny_config()
-  report = evaluate.evaluate(config, trained, "eval_loss")[20]
+  config.data.uniform_dequantization = dequantize
+  report = evaluate.evaluate(config, trained, f"eval_loss_{dequantize}")[20]
   sde, model = config_checks.validate_config(config)
   _, params = generate.restore_ema_params(config, trained, model, parallel.make_mesh(), step=20)
   loss_fn = losses.get_loss_fn_from_config(config, sde, model, train=False)
   scaler = datasets.get_data_scaler(config)
   key = jax.random.PRNGKey(config.seed)
-  batches = [b["image"] for b in datasets.eval_iterator(config, "test") if b["mask"].min() > 0]
+  batches = [b["image"] for b in datasets.eval_iterator(config, "test", dequantize=dequantize)
+             if b["mask"].min() > 0]
   assert len(batches) == 2  # 297 test digits: two full batches of 128
+  assert np.any(batches[0] * 255 % 1 > 1e-3) == dequantize
   direct = [float(loss_fn(params, scaler(x), jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, 20), 0), b)))
             for b, x in enumerate(batches)]
   np.testing.assert_allclose(report["eval_loss"], np.mean(direct), rtol=1e-5)

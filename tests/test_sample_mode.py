@@ -18,6 +18,21 @@ def tiny_config():
   return config
 
 
+def _round_floats(config, workdir, r):
+  """Round r of `--mode sample` recomputed as floats in [0, 1], the way generate.sample draws it."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from score_sde import config_checks, datasets, parallel, sampling  # pylint: disable=import-outside-toplevel
+  from score_sde.models import utils as mutils  # pylint: disable=import-outside-toplevel
+  sde, model = config_checks.validate_config(config)
+  mesh = parallel.make_mesh()
+  _, params = generate.restore_ema_params(config, workdir, model, mesh)
+  shape = (config.eval.batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
+  sampler = sampling.get_sampling_fn(config, sde, mutils.get_score_fn(sde, model, continuous=True), shape,
+                                     datasets.get_data_inverse_scaler(config), sde.default_sampling_eps,
+                                     sharding=parallel.sampler_sharding(mesh))
+  return np.asarray(jax.jit(sampler)(jax.random.fold_in(jax.random.PRNGKey(config.seed), r), params)[0])
+
+
 @pytest.mark.xdist_group("train")
 def test_sample_mode_writes_shards_and_resumes(tmp_path):
   config = tiny_config()
@@ -30,6 +45,10 @@ def test_sample_mode_writes_shards_and_resumes(tmp_path):
   shards = [np.load(folder / f"samples_{r}.npz")["samples"] for r in range(3)]
   assert [s.shape for s in shards] == [(4, 8, 8, 1), (4, 8, 8, 1), (2, 8, 8, 1)]  # exactly num_samples
   assert all(s.dtype == np.uint8 for s in shards) and (folder / "samples_0.png").exists()
+  # Images are the 2021 truncation of the sampler's floats, not their rounding.
+  floats = _round_floats(config, workdir, 0)
+  np.testing.assert_array_equal(shards[0], np.clip(floats * 255.0, 0, 255).astype(np.uint8))
+  assert np.any(shards[0] != np.clip(floats * 255.0 + 0.5, 0, 255).astype(np.uint8))
   # An interrupted run: a missing round is redrawn identically; finished rounds are not touched.
   os.remove(folder / "samples_1.npz")
   before = os.path.getmtime(folder / "samples_0.npz")

@@ -85,14 +85,29 @@ def get_model_fn(model, train=False):
   return model_fn
 
 
-def get_score_fn(sde, model, train=False, continuous=False):
+def get_score_fn(sde, model, train=False, continuous=False, probability_flow=False):
   """Wraps a network into `score_fn(params, x, t, rng=None)` with the 2021 label/std conventions.
 
   VP / sub-VP: the network predicts noise; score = -net / std. Labels are 999 t when continuous (always for
   sub-VP), else t (N - 1) with std from the discrete DDPM chain.
   VE: the network output is the score. Labels are sigma(t) when continuous, else the index
   round((T - t)(N - 1)) into the descending sigma list.
+
+  probability_flow=True gives the score the probability-flow paths read (the ODE sampler and its denoising
+  step, the Heun sampler, likelihoods, encoders). The 2021 code built those with `continuous=True` whatever
+  the training (its likelihood.py and sampling.get_ode_sampler), so a discrete DDPM model is read there with
+  the continuous VP convention: label 999 t and the marginal std sqrt(1 - exp(2 lmc(t))) of the VP
+  perturbation kernel (Song et al. 2021, App. B), smooth in t, in place of the chain's piecewise-constant
+  sqrt(1 - abar_i). That is how the paper's "DDPM (VP)" NLL (Table 2) was measured, and it is what adaptive
+  solvers need: a score that jumps at N - 1 times costs many rejected steps and biases the divergence integral.
+  Discrete VE (SMLD) models keep their index labels on these paths: their networks read the label as an
+  index into the sigma table (NCSN / NCSNv2 gather sigmas[label], discrete NCSN++ scales by it), so the
+  continuous label sigma(t) would be read as an index (in 2021 an out-of-range gather: wrong scores, or an
+  error). Their flow is then driven by a score that is piecewise constant in t, the model they were
+  trained as; probability-flow numbers of SMLD models are comparable only with that in mind.
   """
+  if probability_flow and isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
+    continuous = True
   model_fn = get_model_fn(model, train=train)
 
   if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
