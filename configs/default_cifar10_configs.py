@@ -45,10 +45,12 @@ def get_default_configs():
   evaluate.enable_vlb = False               # DDPM's discrete bound (VP models)
   evaluate.vlb_model_var = "fixedlarge"      # fixedlarge (beta_t) | fixedsmall (posterior variance)
   evaluate.bpd_dataset = "test"              # train | test
-  evaluate.bpd_num_repeats = 5               # passes over the bpd set (the paper averages 5)
-  evaluate.bpd_rtol = 1e-5                   # probability-flow solve for bpd (SPEC.md §6)
+  evaluate.bpd_num_repeats = 5               # passes over the test split (the paper averages 5); train: one
+  evaluate.bpd_method = "rk45"               # probability-flow solver for bpd: the ODE sampler's RK45 pair
+  evaluate.bpd_rtol = 1e-5                   # its tolerances (2021: scipy RK45 at 1e-5)
   evaluate.bpd_atol = 1e-5
   evaluate.bpd_hutchinson = "Rademacher"     # Rademacher | Gaussian | exact (small data only)
+  evaluate.uint8_rounding = False            # samples to uint8: False truncates as 2021 did; True rounds
   evaluate.inception_path = ""               # converted FID Inception .npz (scripts/convert_inception_weights.py)
   evaluate.stats_dir = ""                    # reference statistics folder; "" = assets/stats in the repository
   evaluate.classifier_path = ""              # digits: the classifier cache; "" = ~/.cache/score_sde (SCORE_SDE_CACHE)
