@@ -292,7 +292,7 @@ def make_sample_eval(ctx):
   num_samples, batch = int(config.eval.num_samples), int(config.eval.batch_size)
   if num_samples < 2:
     raise ValueError(f"eval.num_samples={num_samples}: FID / KID need at least 2 samples.")
-  ref_stats = evaluation.load_stats(evaluation.stats_path(config))  # a missing file fails before any work
+  ref_stats = evaluation.load_reference_stats(config)  # a missing or mismatched file fails before any work
   feature_fn = evaluation.get_feature_fn(config)
   sampler = sampling.get_sampling_fn(config, ctx.sde, ctx.sampler_score_fn, (batch,) + ctx.image_shape, ctx.inverse_scaler,
                                      ctx.sde.default_sampling_eps, sharding=parallel.sampler_sharding(ctx.mesh))
@@ -404,6 +404,6 @@ def compute_stats(config, split="train"):
     pool.append(feature_fn(images)["pool_3"])
   features = np.concatenate(pool)
   if jax.process_index() == 0:
-    evaluation.save_stats(path, features)
+    evaluation.save_stats(path, features, network=feature_fn.network)
   print(f"reference statistics of {len(features)} {config.data.dataset} {split} images -> {path}")
   return path

@@ -22,6 +22,9 @@ the graph's full logits; the 8 extra classes get negligible mass on real images)
 Weights. `load_variables(path)` reads the converted .npz: keys are the Flax variable paths joined by '/'
 ("params/Mixed_5b/branch1x1/conv/kernel", "batch_stats/Mixed_5b/branch1x1/bn/mean", ...). Flax module
 names are pytorch-fid's state_dict names, so the conversion is a fixed renaming plus transposes.
+
+This network scores data below 256 px; from 256 px on the 2021 code used the ImageNet Inception-v3 feature
+vector instead (`score_sde.inception_v3`; `evaluation.feature_network` picks).
 """
 import functools
 import os
@@ -38,6 +41,7 @@ from etils import epath
 
 from score_sde import files
 
+NAME = "fid_inception"  # the tag of its features in statistics files (see evaluation.save_stats)
 INPUT_SIZE = 299
 NUM_FEATURES = 2048
 NUM_LOGITS = 1008
@@ -271,44 +275,55 @@ def save_variables(path, variables):
 
 def load_variables(path):
   """Variables of `InceptionV3` from a converted .npz, every tensor present with its exact shape."""
+  return load_npz_variables(path, expected_shapes(), what="Inception weights", key="eval.inception_path",
+                            how_to_get=HOW_TO_GET, foreign={".pth": "the PyTorch file"})
+
+
+def load_npz_variables(path, expected, *, what, key, how_to_get, foreign=None):
+  """Flax variables from an .npz of '/'-joined variable paths (as `save_variables` writes), checked against
+  `expected` ({path tuple: shape}): every tensor present with its exact shape, nothing else. Each failure is
+  a one-line ValueError naming `what` and ending in `how_to_get`; `foreign` ({suffix: description}) names the
+  unconverted source files that are passed by mistake (`key` is the config key that points at the file).
+  """
   path = epath.Path(path)
   if not path.exists():
-    raise ValueError(f"Inception weights {os.fspath(path)!r} do not exist: {HOW_TO_GET}.")
-  if path.suffix == ".pth":
-    raise ValueError(f"eval.inception_path={os.fspath(path)!r} is the PyTorch file: {HOW_TO_GET}.")
+    raise ValueError(f"{what} {os.fspath(path)!r} do not exist: {how_to_get}.")
+  if path.suffix in (foreign or {}):
+    raise ValueError(f"{key}={os.fspath(path)!r} is {foreign[path.suffix]}: {how_to_get}.")
   try:
     with path.open("rb") as f, np.load(f) as data:
       stored = {tuple(k.split("/")): data[k] for k in data.files}
   except Exception as err:  # pylint: disable=broad-except  (zip, pickle and OS errors all mean "unreadable")
-    raise ValueError(f"Inception weights {os.fspath(path)!r} are unreadable ({type(err).__name__}: {err}); "
-                     f"re-create them: {HOW_TO_GET}.") from None
-  expected = expected_shapes()
-  for key, shape in expected.items():
-    if key not in stored:
-      raise ValueError(f"Inception weights {os.fspath(path)!r} lack {'/'.join(key)}: re-create them: "
-                       f"{HOW_TO_GET}.")
-    if stored[key].shape != shape:
-      raise ValueError(f"Inception weights {os.fspath(path)!r}: {'/'.join(key)} has shape "
-                       f"{stored[key].shape}, expected {shape}.")
+    raise ValueError(f"{what} {os.fspath(path)!r} are unreadable ({type(err).__name__}: {err}); "
+                     f"re-create them: {how_to_get}.") from None
+  for k, shape in expected.items():
+    if k not in stored:
+      raise ValueError(f"{what} {os.fspath(path)!r} lack {'/'.join(k)}: re-create them: {how_to_get}.")
+    if stored[k].shape != shape:
+      raise ValueError(f"{what} {os.fspath(path)!r}: {'/'.join(k)} has shape {stored[k].shape}, expected "
+                       f"{shape}.")
   extra = sorted("/".join(k) for k in set(stored) - set(expected))
   if extra:
-    raise ValueError(f"Inception weights {os.fspath(path)!r} hold unknown tensors, e.g. {extra[:3]}.")
+    raise ValueError(f"{what} {os.fspath(path)!r} hold unknown tensors, e.g. {extra[:3]}: is {key} the right "
+                     f"file?")
   return jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), traverse_util.unflatten_dict(stored))
 
 
-def resolve_path(inception_path):
-  """`config.eval.inception_path` -> a readable path; an http(s) URL is downloaded once into `cache_dir()`."""
+def resolve_path(inception_path, *, key="eval.inception_path", how_to_get=HOW_TO_GET,
+                 default_name="inception_fid.npz"):
+  """`config.eval.inception_path` (or another weights key) -> a readable path; an http(s) URL is downloaded
+  once into `files.cache_dir()`."""
   if not inception_path:
-    raise ValueError(f"eval.inception_path is not set: {HOW_TO_GET}.")
+    raise ValueError(f"{key} is not set: {how_to_get}.")
   if not inception_path.startswith(("http://", "https://")):
     return inception_path
-  local = os.path.join(files.cache_dir(), os.path.basename(inception_path.split("?")[0]) or "inception_fid.npz")
+  local = os.path.join(files.cache_dir(), os.path.basename(inception_path.split("?")[0]) or default_name)
   if not os.path.exists(local):
     os.makedirs(os.path.dirname(local), exist_ok=True)
     try:
       urllib.request.urlretrieve(inception_path, local + ".tmp")
     except (urllib.error.URLError, OSError, ValueError) as err:
-      raise ValueError(f"could not download eval.inception_path={inception_path!r} ({err}); copy the converted "
+      raise ValueError(f"could not download {key}={inception_path!r} ({err}); copy the converted "
                        f".npz here by hand and pass its local path.") from None
     os.replace(local + ".tmp", local)
   return local

@@ -154,6 +154,134 @@ def test_stats_file_errors(tmp_path):
     evaluation.load_stats(tmp_path / "wrong.npz")
 
 
+def test_feature_stats_in_chunks_match_numpy():
+  f = np.random.default_rng(0).normal(size=(23, 5)).astype(np.float32) * 3 + 1
+  mu, sigma = evaluation.feature_stats(f, chunk=4)
+  np.testing.assert_allclose(mu, f.astype(np.float64).mean(0), rtol=1e-13)
+  np.testing.assert_allclose(sigma, np.cov(f.astype(np.float64), rowvar=False), rtol=1e-12, atol=1e-14)
+  assert mu.dtype == sigma.dtype == np.float64
+
+
+def test_metrics_without_logits_report_fid_and_kid_only():
+  rng = np.random.default_rng(0)
+  ref, samples = rng.normal(size=(30, 4)), rng.normal(size=(20, 4)) + 0.3
+  stats = {"pool_3": ref, "mu": ref.mean(0), "sigma": np.cov(ref, rowvar=False)}
+  for logits in (None, np.zeros((20, 0), np.float32)):  # (n, 0): the ImageNet Inception-v3's feature_fn
+    metrics = evaluation.compute_metrics(samples, logits, stats)
+    assert list(metrics) == ["fid", "kid"]
+    np.testing.assert_allclose(metrics["fid"], evaluation.fid_from_features(samples, ref), rtol=1e-10)
+    assert metrics["kid"] == evaluation.kid(ref, samples)
+  with pytest.raises(ValueError, match="19 logits for 20 pool_3 features"):
+    evaluation.compute_metrics(samples, rng.normal(size=(19, 10)), stats)
+
+
+def _cifar(tmp_path):
+  config = default_cifar10_configs.get_default_configs()
+  config.eval.stats_dir = str(tmp_path)
+  return config
+
+
+def _lsun(tmp_path, size=256):
+  from configs import default_lsun_configs  # pylint: disable=import-outside-toplevel
+  config = default_lsun_configs.get_default_configs()
+  config.data.update(image_size=size, category="church_outdoor")
+  config.eval.stats_dir = str(tmp_path)
+  return config
+
+
+def test_2021_stats_files_are_read_and_found_by_their_names(tmp_path):
+  # The 2021 release's files hold only the raw features: mu and sigma are computed on load, in float64.
+  pool = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+  np.savez(tmp_path / "cifar10_stats.npz", pool_3=pool)
+  stats = evaluation.load_stats(tmp_path / "cifar10_stats.npz")
+  assert stats["network"] is None  # untagged
+  np.testing.assert_array_equal(stats["pool_3"], pool)
+  np.testing.assert_allclose(stats["mu"], pool.astype(np.float64).mean(0), rtol=1e-12)
+  np.testing.assert_allclose(stats["sigma"], np.cov(pool.astype(np.float64), rowvar=False), rtol=1e-12, atol=1e-15)
+  assert stats["mu"].dtype == stats["sigma"].dtype == np.float64
+
+  config = _cifar(tmp_path)
+  ours = str(tmp_path / "cifar10_32_stats.npz")
+  assert evaluation.stats_path(config) == ours  # where --mode stats writes
+  assert evaluation.stats_path_2021(config) == str(tmp_path / "cifar10_stats.npz")
+  assert evaluation.reference_stats_path(config) == str(tmp_path / "cifar10_stats.npz")  # ours absent: 2021's
+  ref = evaluation.load_reference_stats(config)  # < 256 px: assumed the FID Inception, as 2021 used
+  assert ref["network"] == "fid_inception"
+  np.testing.assert_array_equal(ref["mu"], stats["mu"])
+  evaluation.save_stats(ours, pool[:10], network="fid_inception")
+  assert evaluation.reference_stats_path(config) == ours  # ours, once it exists
+  assert len(evaluation.load_reference_stats(config)["pool_3"]) == 10
+  config.eval.stats_path = str(tmp_path / "cifar10_stats.npz")  # or any file, explicitly
+  assert evaluation.stats_path(config) == evaluation.reference_stats_path(config) == config.eval.stats_path
+  assert len(evaluation.load_reference_stats(config)["pool_3"]) == 40
+
+  celeba = _cifar(tmp_path)
+  celeba.data.update(dataset="CELEBA", image_size=64)
+  assert evaluation.stats_path_2021(celeba) == str(tmp_path / "celeba_stats.npz")
+  celeba.data.image_size = 128
+  assert evaluation.stats_path_2021(celeba) is None  # 2021 had CelebA statistics at 64 px only
+  lsun = _lsun(tmp_path)
+  assert evaluation.stats_path_2021(lsun) == evaluation.stats_path(lsun) == str(
+      tmp_path / "lsun_church_outdoor_256_stats.npz")
+
+
+def test_stats_files_name_their_network_and_mix_ups_are_refused(tmp_path):
+  pool = np.random.default_rng(1).normal(size=(12, 5))
+  path = tmp_path / "s.npz"
+  evaluation.save_stats(path, pool, network="imagenet_inception_v3")
+  assert evaluation.load_stats(path)["network"] == "imagenet_inception_v3"
+  assert evaluation.load_stats(path, network="imagenet_inception_v3")["network"] == "imagenet_inception_v3"
+  with pytest.raises(ValueError, match="hold imagenet_inception_v3 features, not fid_inception ones"):
+    evaluation.load_stats(path, network="fid_inception")
+  with pytest.raises(ValueError, match="network='inception' is not one of"):
+    evaluation.save_stats(path, pool, network="inception")
+
+  # 256 px: the ImageNet Inception-v3. A tagged FID Inception file is refused, whatever its name.
+  lsun = _lsun(tmp_path)
+  evaluation.save_stats(evaluation.stats_path(lsun), pool, network="fid_inception")
+  with pytest.raises(ValueError, match=r"hold fid_inception features, but this config's features come from "
+                                       r"imagenet_inception_v3: write it with `python main.py"):
+    evaluation.load_reference_stats(lsun)
+  lsun.eval.feature_network = "fid_inception"  # unless the config asks for the FID Inception
+  assert evaluation.load_reference_stats(lsun)["network"] == "fid_inception"
+
+  # An untagged 2021 file (pool_3 only) at 256 px holds Inception-v3 features (2021's hub module).
+  np.savez(evaluation.stats_path(lsun), pool_3=pool.astype(np.float32))
+  with pytest.raises(ValueError, match=r"hold imagenet_inception_v3 features \(untagged: assumed, as 2021 did at 256 "
+                                       r"px\), but this config's features come from fid_inception"):
+    evaluation.load_reference_stats(lsun)
+  lsun.eval.feature_network = ""
+  assert evaluation.load_reference_stats(lsun)["network"] == "imagenet_inception_v3"
+  # Untagged with mu / sigma: this code's files from before the tags, when 256 px used the FID Inception.
+  evaluation.save_stats(evaluation.stats_path(lsun), pool)
+  with pytest.raises(ValueError, match="untagged and hold mu / sigma: written before statistics named their network"):
+    evaluation.load_reference_stats(lsun)
+  # Below 256 px both rules agree: the FID Inception.
+  small = _lsun(tmp_path, size=128)
+  evaluation.save_stats(evaluation.stats_path(small), pool)
+  assert evaluation.load_reference_stats(small)["network"] == "fid_inception"
+
+
+def test_reference_stats_errors_say_what_to_do(tmp_path):
+  config = _cifar(tmp_path)
+  with pytest.raises(ValueError, match=r"cifar10_32_stats.npz' do not exist \(nor the 2021 release's "
+                                       r".*cifar10_stats.npz'\): write it with `python main.py .* --mode stats"):
+    evaluation.load_reference_stats(config)
+  path = tmp_path / "cifar10_32_stats.npz"
+  cases = [({"mu": np.zeros(3), "sigma": np.eye(3)}, "hold no 'pool_3' features"),
+           ({"pool_3": np.zeros((5, 3)), "mu": np.zeros(3)}, "hold mu without sigma"),
+           ({"pool_3": np.zeros((5, 3), np.int64)}, "not \\(n >= 2, features\\) floats"),
+           ({"pool_3": np.zeros((1, 3))}, "pool_3 of shape \\(1, 3\\)"),
+           ({"pool_3": np.zeros((5, 3)), "network": np.asarray("resnet")}, "unknown feature network"),
+           ({"pool_3": np.zeros((5, 3)), "network": np.asarray(["fid_inception"])}, "unknown feature network")]
+  for arrays, message in cases:
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=message):
+      evaluation.load_reference_stats(config)
+    with pytest.raises(ValueError, match=message):
+      evaluation.load_stats(path)
+
+
 def test_stats_path_and_missing_inception_weights():
   config = default_cifar10_configs.get_default_configs()
   assert evaluation.stats_path(config).endswith("assets/stats/cifar10_32_stats.npz")
