@@ -1,4 +1,4 @@
-"""Sample-quality metrics (SPEC §8): FID, Inception Score and KID from network features, in float64.
+"""Sample-quality metrics: FID, Inception Score and KID from network features, in float64.
 
 Features come from `get_feature_fn(config)`, whose network follows the 2021 code (`feature_network`):
   * 'fid_inception' (`score_sde.inception`): the FID Inception-v3, for data below 256 px: pool_3 (2048) for

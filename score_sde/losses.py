@@ -144,7 +144,7 @@ def get_ddpm_loss_fn(vpsde, model_fn, reduce_mean=True):
 
 
 def get_loss_fn(sde, model, train, reduce_mean=False, continuous=True, likelihood_weighting=False, eps=1e-5):
-  """The objective chosen by `config.training` (SPEC §3): continuous SDE loss, or SMLD / DDPM when discrete."""
+  """The objective chosen by `config.training`: continuous SDE loss, or SMLD / DDPM when discrete."""
   if continuous:
     score_fn = mutils.get_score_fn(sde, model, train=train, continuous=True)
     return get_sde_loss_fn(sde, score_fn, reduce_mean, likelihood_weighting, eps)

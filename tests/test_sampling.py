@@ -440,7 +440,8 @@ def test_langevin_step_uses_batch_averaged_norms():
 
 
 def _one_step_by_hand(kind, sde, score, x, t, rng):
-  """The SPEC §5 update written out with numpy, with the noise the step class draws from `rng`."""
+  """One predictor update (Song et al. 2021, App. E-F) written out with numpy, with the noise the step class
+  draws from `rng`."""
   b = x.shape[0]
   s = np.asarray(score(None, x, t))
   x = np.asarray(x)

@@ -1,4 +1,5 @@
-"""Network-to-score conventions (SPEC §2) for every SDE x continuous/discrete, and against the 2021 goldens."""
+"""Network-to-score conventions of the 2021 code (its models/utils.py) for every SDE x continuous/discrete, and
+against the 2021 goldens."""
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
