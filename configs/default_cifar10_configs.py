@@ -44,6 +44,7 @@ def get_default_configs():
   evaluate.enable_bpd = False
   evaluate.enable_vlb = False               # DDPM's discrete bound (VP models)
   evaluate.vlb_model_var = "fixedlarge"      # fixedlarge (beta_t) | fixedsmall (posterior variance)
+  evaluate.vlb_clip_denoised = True          # clip the x0 prediction to the data range (the DDPM code's bpd)
   evaluate.bpd_dataset = "test"              # train | test
   evaluate.bpd_num_repeats = 5               # passes over the test split (the paper averages 5); train: one
   evaluate.bpd_method = "rk45"               # probability-flow solver for bpd: the ODE sampler's RK45 pair

@@ -1,14 +1,17 @@
-"""Input pipelines: images as float32 NHWC numpy batches in [0, 1], deterministic and seekable (SPEC §9, §6).
+"""Input pipelines: images as float32 NHWC numpy batches in [0, 1], deterministic and seekable. 
 
 Sources (`config.data.dataset`):
   CIFAR10, SVHN, CELEBA, LSUN  TFDS `cifar10`, `svhn_cropped`, `celeb_a` (centre crop 140), `lsun/<category>`
-                               (square centre crop), read from `config.data.data_dir`, else $TFDS_DATA_DIR,
-                               else the TFDS default. Nothing is ever downloaded.
+                               (as 2021, below), read from `config.data.data_dir`, else $TFDS_DATA_DIR, else
+                               the TFDS default. Nothing is ever downloaded.
   FFHQ, CelebAHQ               TFRecords (`shape` int64 [3] CHW, `data` raw uint8 CHW bytes) under
                                `config.data.tfrecords_path`; the same files serve train and eval.
   DIGITS                       scikit-learn's 1,797 8x8 digits, resized to image_size, 1 channel; embedded,
                                a fixed 1,500 / 297 train / test split.
-Every image is resized (bilinear, antialiased) to image_size when its size differs.
+Every image is resized (bilinear, antialiased) to image_size when its size differs, except LSUN, which follows
+the Score SDE code (yang-song/score_sde, datasets.py) exactly, see `lsun_to_size`: at image_size 128 the
+shorter side is resized to 128 (bilinear, antialiased) and the centre is cropped; at any other size the square
+centre crop is resized with antialiased bicubic resampling and quantised back to uint8 (truncating).
 
 Training stream. The stream of global batches is a pure function of (config.seed, step), so a run restarted
 at step s sees bitwise the batches the uninterrupted run saw from step s on:
@@ -276,7 +279,10 @@ class _TfdsSource:
     """Raw example -> {'image': float32 (S, S, 3) in [0, 1][, 'label': int32]}."""
     tf = self._tf
     image = tf.io.decode_image(raw["image"], channels=3, expand_animations=False)
-    out = {"image": _tf_to_size(tf, image, self.crop, self.size)}
+    if self.name.startswith("lsun/"):
+      out = {"image": lsun_to_size(tf, image, self.size)}
+    else:
+      out = {"image": _tf_to_size(tf, image, self.crop, self.size)}
     if self.has_label:
       out["label"] = tf.cast(raw["label"], tf.int32)
     return out
@@ -367,6 +373,52 @@ def _tf_to_size(tf, image, crop, size):
   return tf.ensure_shape(image, [size, size, channels])
 
 
+LSUN_SMALL_SIDE_SIZE = 128  # the one image_size at which the Score SDE code resizes LSUN's shorter side
+
+
+def lsun_to_size(tf, image, size):
+  """uint8 HWC LSUN image -> float32 (size, size, 3) in [0, 1], as the Score SDE code (2021) preprocesses LSUN.
+
+  yang-song/score_sde, datasets.py, `get_dataset` for 'LSUN':
+    * size 128: `convert_image_dtype` to float, `resize_small` (the shorter side to `size`, the other to
+      round(side * size / shorter) rounded half to even as `tf.round` does; `tf.image.resize` with
+      antialias=True and its default bilinear method), then `central_crop` (top = (H - size) // 2, left =
+      (W - size) // 2);
+    * any other size: `crop_resize` on the uint8 image (the square centre crop of side min(H, W), from
+      (H - side) // 2, (W - side) // 2; `tf.image.resize(..., antialias=True, method=BICUBIC)`, which works in
+      float32 pixel units 0..255; `tf.cast(image, tf.uint8)`, truncating toward zero), then
+      `convert_image_dtype` to float32 (x * (1 / 255)).
+  Two departures, both where 2021's result is not defined by its code:
+    * bicubic resampling overshoots near edges, below 0 and above 255. `tf.cast` of such floats to uint8 is
+      undefined behaviour in C++ and TF is inconsistent about it: on CPU (TF 2.21) elements cast in
+      vectorised blocks of 32 saturate to 0 / 255 while the remaining tail elements wrap modulo 256 (-1.5 ->
+      255, 256.5 -> 0). We clip to [0, 255] before the truncating cast, i.e. saturate everywhere, which is
+      what every block-aligned image (H W 3 a multiple of 32, e.g. 256 x 256 or 64 x 64) gets from TF;
+    * 2021's `resize_small` / `central_crop` read static shapes and pass tf.int32 as `tf.round`'s `name`, so
+      inside a tf.data map (unknown image shape) they raise; we compute the same sizes and offsets from the
+      dynamic shape. The float result is clipped to [0, 1] (bilinear weights are positive and sum to one,
+      so this moves a value by at most a rounding error).
+  """
+  shape = tf.shape(image)
+  h, w = shape[0], shape[1]
+  if size == LSUN_SMALL_SIDE_SIZE:
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    ratio = size / tf.cast(tf.minimum(h, w), tf.float64)
+    # As 2021: the float64 product h * ratio, made a float32 tensor, rounded half to even.
+    new_size = lambda n: tf.cast(tf.round(tf.cast(tf.cast(n, tf.float64) * ratio, tf.float32)), tf.int32)
+    new_h, new_w = new_size(h), new_size(w)
+    image = tf.image.resize(image, tf.stack([new_h, new_w]), antialias=True)
+    image = tf.image.crop_to_bounding_box(image, (new_h - size) // 2, (new_w - size) // 2, size, size)
+    image = tf.clip_by_value(image, 0.0, 1.0)
+  else:
+    side = tf.minimum(h, w)
+    image = image[(h - side) // 2:(h + side) // 2, (w - side) // 2:(w + side) // 2]
+    image = tf.image.resize(image, [size, size], antialias=True, method=tf.image.ResizeMethod.BICUBIC)
+    image = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
+    image = tf.image.convert_image_dtype(image, tf.float32)
+  return tf.ensure_shape(image, [size, size, 3])
+
+
 def _make_source(config, split):
   if config.data.dataset in ("FFHQ", "CelebAHQ"):
     return _TFRecordSource(config)
@@ -383,7 +435,7 @@ def _fold(tf, key, data):
 
 
 def _tf_dequantize(tf, image, key):
-  """(u + 255 x) / 256 with u ~ U[0, 1) drawn from `key` (SPEC §6)."""
+  """(u + 255 x) / 256 with u ~ U[0, 1) drawn from `key` (Song et al. 2021, App. D.2; Ho et al. 2020, §4)."""
   noise = tf.random.stateless_uniform(tf.shape(image), _fold(tf, key, 1), alg="philox")
   return (noise + 255.0 * image) / 256.0
 

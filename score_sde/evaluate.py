@@ -7,7 +7,8 @@ training), with the EMA parameters, whichever of these are enabled:
   enable_loss      the training loss on the test split (full batches)
   enable_bpd       NLL in bits/dim by the probability-flow ODE on `bpd_dataset` (`bpd_passes`: bpd_num_repeats
                    passes over the test split, each with fresh uniform dequantisation; one over train)
-  enable_vlb       the DDPM discrete variational bound (Ho et al. eq. 5 with the eq. 13 decoder) on the test split
+  enable_vlb       the DDPM discrete variational bound (Ho et al. eq. 5 with the eq. 13 decoder) on the test split,
+                   the x0 prediction clipped to the data range as in the DDPM code (eval.vlb_clip_denoised)
   enable_sampling  `num_samples` samples in rounds of eval.batch_size; their features give FID / IS / KID
                    against the dataset's reference statistics (`--mode stats` writes them)
 
@@ -265,19 +266,26 @@ def make_bpd_eval(ctx):
 
 
 def make_vlb_eval(ctx):
-  """The DDPM variational bound in bits/dim (rate + distortion) over the test split, no dequantisation."""
+  """The DDPM variational bound in bits/dim (rate + distortion) over the test split, no dequantisation.
+
+  With eval.vlb_clip_denoised (default True) the x0 prediction is clipped to the data range before each
+  posterior mean, as the DDPM code's bits/dim loop did (`vlb.get_vlb_fn`); the unclipped bound's units live
+  in their own folder, so the two are never mixed on resumption.
+  """
   from score_sde import vlb  # pylint: disable=g-import-not-at-top
+  clip = bool(ctx.config.eval.get("vlb_clip_denoised", True))
   # Refuses SDEs other than VP (the bound is over the DDPM chain) before any checkpoint is read.
   vlb_fn = vlb.get_vlb_fn(ctx.sde, ctx.score_fn, data_centered=ctx.config.data.centered,
                           model_var=ctx.config.eval.get("vlb_model_var", "fixedlarge"),
-                          continuous=ctx.config.training.continuous)
+                          continuous=ctx.config.training.continuous, clip_denoised=clip)
   fields = ("bpd", "rate", "distortion", "prior")
 
   def run(params, step, out):
-    values, _, seconds, computed = _per_example_units(ctx, params, step, out, "vlb", "test", False, 1, vlb_fn,
-                                                      fields, "vlb")
+    values, _, seconds, computed = _per_example_units(ctx, params, step, out, "vlb" if clip else "vlb_unclipped",
+                                                      "test", False, 1, vlb_fn, fields, "vlb")
     report = {f"vlb_{f}": float(values[f].mean()) for f in fields}
     report["vlb_examples"] = int(len(values["bpd"]))
+    report["vlb_clip_denoised"] = clip
     if computed:
       report["vlb_seconds_per_image"] = seconds / computed
     return report

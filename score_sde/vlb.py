@@ -19,6 +19,17 @@ but the decoder: the bits needed to transmit x_1, as in the DDPM paper's rate-di
 `distortion` = L_0; `bpd` = rate + distortion. Each KL term (and L_0) uses its own draw x_i ~ q(x_i | x_0),
 a single-sample estimate of the expectation over x_i; L_N is exact.
 
+Clipping (`clip_denoised`, default True). As in the DDPM code (hojonathanho/diffusion,
+diffusion_tf/diffusion_utils_2.py: `GaussianDiffusion2.calc_bpd_loop(..., clip_denoised=True)` ->
+`_vb_terms_bpd` -> `p_mean_variance`, the evaluation behind the paper's 3.70/3.75 bits/dim), the model mean
+is formed from the network's x_0 prediction x0_hat = (x_i - sqrt(1 - abar_i) eps_hat) / sqrt(abar_i),
+clipped to the data range, mu = coef_x0 clip(x0_hat) + coef_xt x_i (the posterior mean, eq. 7, of the
+clipped prediction). The clip applies at every step i = 1..N: in every KL term and in the decoder, where
+coef_x0 = 1 and coef_xt = 0 (abar_0 = 1), so the decoder mean is clip(x0_hat) itself. The data range is the
+model-space one: [-1, 1] for centred data (the DDPM code's only case), [0, 1] otherwise. Only training (the
+'kl' loss) runs with clip_denoised=False there. Without the clip, mu is eq. 11 exactly as above (the
+unclipped bound).
+
 Time labels. Step i (1-based) is evaluated at the time t_i the score model associates with abar_i:
   * continuous=True: the VP marginal's closed form abar(t) = exp(-t^2 (b1 - b0) / 2 - t b0) is inverted
     at abar(t_i) = alphas_cumprod[i - 1], so the network sees the noise level it was trained on. The
@@ -135,7 +146,7 @@ def step_times(sde, continuous=True):
   return times
 
 
-def get_vlb_fn(sde, score_fn, data_centered=True, model_var="fixedlarge", continuous=True):
+def get_vlb_fn(sde, score_fn, data_centered=True, model_var="fixedlarge", continuous=True, clip_denoised=True):
   """The DDPM variational bound (eq. 5) in bits/dim for a VP score model.
 
   Args:
@@ -146,6 +157,10 @@ def get_vlb_fn(sde, score_fn, data_centered=True, model_var="fixedlarge", contin
       (width 1/255), i.e. `config.data.centered`.
     model_var: 'fixedlarge' (sigma_i^2 = beta_i) or 'fixedsmall' (beta~_i); see the module docstring.
     continuous: how score_fn reads time (`config.training.continuous`); sets the time labels.
+    clip_denoised: clip the x_0 prediction to the data range ([-1, 1] or [0, 1]) before forming the model
+      mean, at every step including the decoder, as the DDPM code's bits/dim evaluation does
+      (`calc_bpd_loop(clip_denoised=True)`, see the module docstring); False gives the unclipped bound
+      (eq. 11 means).
 
   Returns:
     A jit-compiled `vlb_fn(rng, params, data) -> dict(bpd, rate, distortion, prior)` (each (B,), bits/dim).
@@ -167,11 +182,16 @@ def get_vlb_fn(sde, score_fn, data_centered=True, model_var="fixedlarge", contin
   prior_const = float(-abar_last - np.log1p(-abar_last))
 
   def sample_and_predict(rng, params, x0, j):
-    """x_i ~ q(x_i | x_0) (eq. 4) and the model mean mu(x_i, i) (eq. 11), for 0-based step j = i - 1."""
+    """x_i ~ q(x_i | x_0) (eq. 4) and the model mean mu(x_i, i) (eq. 11, or from the clipped x_0 prediction),
+    for 0-based step j = i - 1."""
     x_t = sqrt_abar[j] * x0 + sqrt_1m_abar[j] * jax.random.normal(rng, x0.shape, x0.dtype)
     t = jnp.full(x0.shape[:1], times[j], x0.dtype)
     eps_hat = -sqrt_1m_abar[j] * score_fn(params, x_t, t)
-    mean = (x_t - betas[j] / sqrt_1m_abar[j] * eps_hat) / sqrt_alphas[j]
+    if clip_denoised:
+      x0_hat = jnp.clip((x_t - sqrt_1m_abar[j] * eps_hat) / sqrt_abar[j], low, high)
+      mean = coef_x0[j] * x0_hat + coef_xt[j] * x_t
+    else:
+      mean = (x_t - betas[j] / sqrt_1m_abar[j] * eps_hat) / sqrt_alphas[j]
     return x_t, mean
 
   def vlb_fn(rng, params, data):

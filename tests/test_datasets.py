@@ -193,6 +193,68 @@ def test_centre_crop_then_resize(crop, height, width):
   np.testing.assert_allclose(out, 1.0, atol=1e-6)
 
 
+# ------------------------------------------------------------------------------- LSUN as 2021
+def _edgy_image(height, width, seed):
+  """Random uint8 blocks of 0 / 255 with noise: sharp edges, so bicubic resampling overshoots both ends."""
+  rng = np.random.RandomState(seed)
+  blocks = rng.randint(0, 2, (height // 4 + 1, width // 4 + 1, 3)) * 255
+  image = np.repeat(np.repeat(blocks, 4, 0), 4, 1)[:height, :width]
+  noise = rng.randint(-20, 21, image.shape) * (rng.rand(*image.shape) < 0.3)
+  return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("height,width,size", [(40, 90, 32), (90, 41, 32), (37, 37, 16), (32, 32, 32)])
+def test_lsun_bicubic_crop_resize_as_2021(height, width, size):
+  """2021's `crop_resize`: the square centre crop of the uint8 image, tf.image.resize(antialias=True,
+  BICUBIC) in 0..255 units, tf.cast to uint8 (truncating; clipped, see `lsun_to_size`), then
+  convert_image_dtype to float32."""
+  image = _edgy_image(height, width, height * width)
+  side = min(height, width)
+  top, left = (height - side) // 2, (width - side) // 2
+  resized = tf.image.resize(tf.constant(image[top:top + side, left:left + side]), [size, size], antialias=True,
+                            method=tf.image.ResizeMethod.BICUBIC).numpy()
+  if side != size:
+    assert resized.min() < -0.5 and resized.max() > 255.5  # the overshoot the clip handles
+  want = np.floor(np.clip(resized, 0.0, 255.0)).astype(np.uint8)
+  # size x size x 3 is a multiple of 32 here, where TF's own cast saturates: 2021's plain tf.cast agrees.
+  np.testing.assert_array_equal(tf.cast(tf.constant(resized), tf.uint8).numpy(), want)
+  got = datasets.lsun_to_size(tf, tf.constant(image), size).numpy()
+  assert got.shape == (size, size, 3) and got.dtype == np.float32
+  np.testing.assert_array_equal(got, want.astype(np.float32) * np.float32(1.0 / 255.0))
+
+
+@pytest.mark.parametrize("height,width", [(256, 301), (301, 256), (150, 203), (128, 128)])
+def test_lsun_128_resize_small_then_central_crop_as_2021(height, width):
+  """2021 at image_size 128: convert_image_dtype, `resize_small` (shorter side to 128, the other side
+  round(side * 128 / shorter) half to even: 301 -> 150.5 -> 150), antialiased bilinear, `central_crop`."""
+  image = _edgy_image(height, width, 7)
+  ratio = 128 / min(height, width)
+  new_h, new_w = (int(np.round(np.float32(n * ratio))) for n in (height, width))
+  if 301 in (height, width):
+    assert max(new_h, new_w) == 150  # the half-way case: half to even, not up
+  resized = tf.image.resize(tf.image.convert_image_dtype(tf.constant(image), tf.float32), [new_h, new_w],
+                            antialias=True).numpy()
+  top, left = (new_h - 128) // 2, (new_w - 128) // 2
+  want = resized[top:top + 128, left:left + 128]
+  got = datasets.lsun_to_size(tf, tf.constant(image), 128).numpy()
+  assert got.shape == (128, 128, 3)
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+  assert 0.0 <= got.min() and got.max() <= 1.0
+
+
+def test_lsun_pipeline_uses_the_2021_preprocessing():
+  """Through the TFDS source (mocked LSUN, random images of random sizes): every image is on the 8-bit grid, as
+  2021's uint8 cast leaves it (a bilinear resize of random pixels is not)."""
+  config = default_lsun_configs.get_default_configs()
+  config.data.image_size, config.data.random_flip = 32, False
+  config.training.batch_size = config.eval.batch_size = 4
+  with tfds.testing.mock_data(num_examples=4):
+    images = next(datasets.eval_iterator(config))["image"]
+  levels = images * 255.0
+  np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)
+  assert len(np.unique(np.round(levels))) > 100
+
+
 # --------------------------------------------------------------------------- TFDS, a real tiny dataset
 class ScoreSdeTinyImages(tfds.core.GeneratorBasedBuilder):
   """60 train / 10 test 6x6 RGB images whose pixels encode their index (label = index)."""

@@ -59,8 +59,9 @@ def test_gaussian_rate_matches_its_closed_form(model_var):
   sde = sde_lib.VPSDE(0.1, 20.0, num_steps)
   consts = vlb.chain_constants(sde, model_var)
   x = MU + SD * np.random.RandomState(0).randn(n, D)
-  out = vlb.get_vlb_fn(sde, score_oracles.gaussian_score(sde, MU.reshape(TAIL), SD.reshape(TAIL)), model_var=model_var)(
-      jax.random.PRNGKey(1), None, to_batch(x))
+  # The closed form is the unclipped bound: this data (SD = 1) and its x_0 predictions leave [-1, 1].
+  out = vlb.get_vlb_fn(sde, score_oracles.gaussian_score(sde, MU.reshape(TAIL), SD.reshape(TAIL)), model_var=model_var,
+                       clip_denoised=False)(jax.random.PRNGKey(1), None, to_batch(x))
   np.testing.assert_allclose(np.asarray(out["prior"]), prior_bits(consts, x), rtol=1e-5, atol=1e-9)
   abar = consts["abar"][1:, None]
   post_var_x0 = SD ** 2 * (1.0 - abar) / (abar * SD ** 2 + 1.0 - abar)
@@ -115,7 +116,7 @@ def test_discretized_gaussian_matches_quadrature_in_both_tails():
 
 @pytest.mark.parametrize("centered", [True, False])
 def test_decoder_term_is_the_gaussian_mass_of_the_bin(centered):
-  """A score with (x + beta_1 s) / sqrt(alpha_1) = C for every x_1 fixes the decoder mean at C, so
+  """A score with (x + beta_1 s) / sqrt(alpha_1) = C for every x_1 fixes the unclipped decoder mean at C, so
   `distortion` must be -log2 of the N(C, sigma_1^2) mass of each pixel's bin, summed over pixels, / D."""
   sde = sde_lib.VPSDE(0.1, 20.0, 50)
   consts = vlb.chain_constants(sde)
@@ -127,7 +128,9 @@ def test_decoder_term_is_the_gaussian_mass_of_the_bin(centered):
   target = np.float32(x0 + sigma * np.array([[0.3, -2.0, 5.0, -8.0], [-3.0, 0.0, 1.5, 8.0]]))
   beta, sqrt_alpha = np.float32(consts["betas"][0]), np.float32(np.sqrt(consts["alphas"][0]))
   score = lambda params, x, t, rng=None: (sqrt_alpha * to_batch(target) - x) / beta
-  out = vlb.get_vlb_fn(sde, score, data_centered=centered)(jax.random.PRNGKey(0), None, to_batch(x0))
+  # C leaves the data range for some pixels: the unclipped decoder (test_clipped_x0_prediction for the clip).
+  out = vlb.get_vlb_fn(sde, score, data_centered=centered, clip_denoised=False)(jax.random.PRNGKey(0), None,
+                                                                                to_batch(x0))
   want = [-sum(reference_log_mass(x, m, sigma, half, low, high) for x, m in zip(xs, ms)) / (D * LN2)
           for xs, ms in zip(x0, target.astype(np.float64))]
   np.testing.assert_allclose(np.asarray(out["distortion"]), want, rtol=1e-4)
@@ -177,6 +180,67 @@ def test_point_mass_on_the_grid(centered, model_var):
   np.testing.assert_allclose(np.asarray(wrong["bpd"]), np.asarray(wrong["rate"] + wrong["distortion"]),
                              rtol=1e-6)
   assert np.all(np.asarray(wrong["bpd"]) > np.asarray(out["bpd"]) + 1.0)
+
+
+# ------------------------------------------------------------------------------------------------ clipping
+def fixed_prediction_bits(sde, x0, pred, model_var, centered, clip):
+  """(rate, distortion) in bits/dim per example, float64 numpy, for a model whose x_0 prediction is `pred`
+  (B, D) at every step and every x_i, following the DDPM code's p_mean_variance: mu = coef_x0 x0_hat +
+  coef_xt x_i with x0_hat = clip(pred) when `clip`. mu~ - mu = coef_x0 (x_0 - x0_hat) does not depend on x_i,
+  so every term is deterministic."""
+  c = vlb.chain_constants(sde, model_var)
+  low, high = (-1.0, 1.0) if centered else (0.0, 1.0)
+  half = 0.5 * (high - low) / 255
+  x0_hat = np.clip(pred, low, high) if clip else np.asarray(pred, np.float64)
+  sigma2, beta_tilde = c["model_var"][1:, None, None], c["post_var"][1:, None, None]
+  gap2 = (c["coef_x0"][1:, None, None] * (x0 - x0_hat)[None]) ** 2
+  kl = 0.5 * (np.log(sigma2 / beta_tilde) + beta_tilde / sigma2 - 1.0 + gap2 / sigma2)  # (N - 1, B, D)
+  rate = prior_bits(c, x0) + kl.sum(axis=(0, 2)) / (D * LN2)
+  # Step 1: coef_x0 = 1 and coef_xt = 0, so the decoder mean is x0_hat itself.
+  assert abs(c["coef_x0"][0] - 1.0) < 1e-12 and c["coef_xt"][0] == 0.0
+  sigma = np.sqrt(c["model_var"][0])
+  log_p = [[reference_log_mass(x, m, sigma, half, low, high) for x, m in zip(xs, ms)] for xs, ms in zip(x0, x0_hat)]
+  return rate, -np.sum(log_p, axis=1) / (D * LN2)
+
+
+@pytest.mark.parametrize("centered,model_var", CASES)
+def test_clipped_x0_prediction(centered, model_var):
+  """A network predicting the same x_0 = P at every step (the point-mass score at P), with P partly outside
+  the data range: the default bound clips P to [-1, 1] ([0, 1] for uncentred data) in every KL term and in
+  the decoder and equals the clipped closed form; clip_denoised=False equals the unclipped one. Pixels of P
+  inside the range (and exactly on its ends) are unaffected."""
+  sde = sde_lib.VPSDE(0.1, 20.0, 50)
+  low, high = (-1.0, 1.0) if centered else (0.0, 1.0)
+  grid = lambda k: low + np.asarray(k, np.float64) * (high - low) / 255
+  x0 = np.stack([grid([0, 3, 153, 255]), grid([255, 128, 7, 0]), grid([250, 10, 255, 0])])
+  width = high - low
+  pred = np.stack([[low - 0.3 * width, grid(5), high + 0.2 * width, high + 0.6 * width],
+                   [high + 0.05 * width, grid(120), low - 0.01 * width, low],
+                   [grid(250), high, high + 1.0 * width, low - 2.0 * width]])
+  pred = np.float32(pred).astype(np.float64)
+  outs = {}
+  for clip in (True, False):
+    kwargs = {} if clip else {"clip_denoised": False}
+    fn = vlb.get_vlb_fn(sde, point_mass_score(sde), data_centered=centered, model_var=model_var, **kwargs)
+    out = fn(jax.random.PRNGKey(3), to_batch(pred), to_batch(x0))
+    rate, distortion = fixed_prediction_bits(sde, x0, pred, model_var, centered, clip)
+    np.testing.assert_allclose(np.asarray(out["rate"]), rate, rtol=1e-4, err_msg=f"clip={clip}")
+    np.testing.assert_allclose(np.asarray(out["distortion"]), distortion, rtol=1e-4, err_msg=f"clip={clip}")
+    np.testing.assert_allclose(np.asarray(out["bpd"]), np.asarray(out["rate"] + out["distortion"]), rtol=1e-6)
+    outs[clip] = out
+  # The clip moves every out-of-range prediction onto the range: the two bounds differ.
+  assert np.all(np.abs(np.asarray(outs[True]["rate"]) - np.asarray(outs[False]["rate"])) > 1e-3)
+  np.testing.assert_array_equal(np.asarray(outs[True]["prior"]), np.asarray(outs[False]["prior"]))
+
+
+def test_clip_is_a_no_op_for_in_range_predictions():
+  """With the exact score of grid data the x_0 prediction is in range: clipped and unclipped bounds agree."""
+  sde = sde_lib.VPSDE(1e-5, 20.0, 50)
+  x_star = 2.0 * np.array([[0, 37, 200, 254], [1, 128, 60, 17]]) / 255 - 1.0
+  fns = [vlb.get_vlb_fn(sde, point_mass_score(sde), model_var="fixedsmall", clip_denoised=c) for c in (True, False)]
+  a, b = (fn(jax.random.PRNGKey(0), to_batch(x_star), to_batch(x_star)) for fn in fns)
+  for key in a:
+    np.testing.assert_allclose(np.asarray(a[key]), np.asarray(b[key]), rtol=0, atol=1e-5, err_msg=key)
 
 
 # ------------------------------------------------------------------------------------------------ networks
