@@ -32,5 +32,7 @@ setup(
     package_data={"score_sde.models": ["*.cc"]},
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "torch==2.13.0"],
+        # reading the PyTorch port's .pth checkpoints (score_sde/pretrained.py)
+        "torch": ["torch>=2.4"],
     },
 )

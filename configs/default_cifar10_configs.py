@@ -18,6 +18,7 @@ def get_default_configs():
   training.snapshot_freq = 50000             # kept checkpoints (and snapshot samples)
   training.snapshot_freq_for_preemption = 10000  # latest-only checkpoint for resuming
   training.snapshot_sampling = True          # sample from the EMA params at each snapshot
+  training.init_from = ""                    # start from this checkpoint (2021 Flax, PyTorch .pth, Orbax workdir)
   training.conv_impl = "auto"                # train-step convs + GroupNorm: xla | onednn | auto (native on 1 CPU)
 
   config.sampling = sampling = ml_collections.ConfigDict()
@@ -37,6 +38,7 @@ def get_default_configs():
   evaluate.end_ckpt = 26
   evaluate.ckpt_wait_secs = 6 * 3600        # eval waits this long for a checkpoint training has not written
   evaluate.ckpt_id = -1                      # -1: the latest checkpoint (sample mode)
+  evaluate.pretrained = ""                   # sample / eval this released checkpoint instead of the workdir's
   evaluate.batch_size = 1024
   evaluate.enable_sampling = False
   evaluate.num_samples = 50000

@@ -372,14 +372,18 @@ def evaluate(config, workdir, eval_folder="eval"):
   wanted = [make for flag, make in _EVALUATORS if e[flag]]
   if not wanted:
     raise ValueError("nothing to evaluate: set one of eval.enable_loss, enable_bpd, enable_vlb, enable_sampling.")
-  steps = checkpoint_steps(config)
+  pretrained_path = e.get("pretrained", "")
+  steps = [None] if pretrained_path else checkpoint_steps(config)
   ctx = _Context(config, workdir, eval_folder)
   evaluators = [make(ctx) for make in wanted]  # bad settings and missing files fail here, before any work
   reports = {}
   for step in steps:
-    wait_for_checkpoint(workdir, step, float(e.get("ckpt_wait_secs", 6 * 3600)))
-    restored_step, params = generate.restore_ema_params(config, workdir, ctx.model, ctx.mesh, step=step)
-    assert restored_step == step, (restored_step, step)
+    if pretrained_path:  # a released checkpoint: evaluated once, at the step it holds
+      step, params = generate.restore_ema_params(config, workdir, ctx.model, ctx.mesh)
+    else:
+      wait_for_checkpoint(workdir, step, float(e.get("ckpt_wait_secs", 6 * 3600)))
+      restored_step, params = generate.restore_ema_params(config, workdir, ctx.model, ctx.mesh, step=step)
+      assert restored_step == step, (restored_step, step)
     out = ctx.eval_dir / f"ckpt_{step}"
     out.mkdir(parents=True, exist_ok=True)
     report = {"step": step}

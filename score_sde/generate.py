@@ -20,7 +20,15 @@ from score_sde.models import utils as mutils
 
 
 def restore_ema_params(config, workdir, model, mesh, step=None):
-  """(step, EMA parameters) of checkpoint `step`, by default `eval.ckpt_id` (a step; -1 = the newest one)."""
+  """(step, EMA parameters) of checkpoint `step`, by default `eval.ckpt_id` (a step; -1 = the newest one).
+
+  With `eval.pretrained` set (a released 2021 Flax / PyTorch-port file, or an Orbax workdir), that checkpoint
+  is read instead of `workdir`'s and `step` is ignored (`score_sde/pretrained.py`).
+  """
+  if config.eval.get("pretrained", ""):
+    from score_sde import pretrained  # pylint: disable=g-import-not-at-top
+    step_, params = pretrained.load_ema_params(config.eval.pretrained, config, return_step=True)
+    return step_, jax.device_put(params, parallel.replicated(mesh))
   h, c = config.data.image_size, config.data.num_channels
   optimizer = losses.get_optimizer(config.optim)
   label_dtype = jnp.float32 if config.training.continuous else jnp.int32

@@ -159,6 +159,12 @@ def train(config, workdir):
   abstract_state = jax.eval_shape(init_state, init_rng)
   checkpoints = checkpointing.Checkpoints(workdir)
   state = checkpoints.restore_latest(parallel.abstract_with_sharding(abstract_state, repl))
+  if state is None and t.get("init_from", ""):
+    # Start (or fine-tune) from a released / other checkpoint; once this workdir has its own, those win.
+    from score_sde import pretrained  # pylint: disable=g-import-not-at-top
+    state = jax.device_put(pretrained.load_train_state(t.init_from, config), repl)
+    logging.info("Initialised from %s (%s) at step %d.", t.init_from, pretrained.detect_format(t.init_from),
+                 int(state.step))
   if state is None:
     state = mutils.compile_once(init_state, init_rng, out_shardings=repl)
   initial_step = int(state.step)
