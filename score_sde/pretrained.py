@@ -571,7 +571,10 @@ def load_train_state(path, config):
     opt_state = _with_adam(opt_state, count, jax.tree_util.tree_map(jnp.asarray, mu),
                            jax.tree_util.tree_map(jnp.asarray, nu))
   state = losses.create_train_state(params, optimizer)
-  return state.replace(step=jnp.asarray(loaded["step"], jnp.int32), opt_state=opt_state, ema_params=ema)
+  state = state.replace(step=jnp.asarray(loaded["step"], jnp.int32), opt_state=opt_state, ema_params=ema)
+  # Every leaf in a buffer of its own (the Adam and schedule counters, the fixed Fourier W of params and EMA
+  # may share one here): the train step donates the whole state, and a buffer cannot be donated twice.
+  return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
 
 
 def _with_adam(opt_state, count, mu, nu):
