@@ -13,14 +13,15 @@ from flax import serialization
 from configs.vp import digits
 from score_sde import evaluate, generate, pretrained, train
 
-pytestmark = pytest.mark.xdist_group("train")
+# Its own group: the module fixture is computed once, on one worker, beside the "train" group.
+pytestmark = pytest.mark.xdist_group("pretrained_modes")
 
 
 def tiny_config(n_iters):
   config = digits.get_config()
   config.data.image_size = 8
   config.model.update(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_scales=25)
-  config.training.update(batch_size=4, n_iters=n_iters, n_jitted_steps=1, log_freq=1, eval_freq=2, snapshot_freq=2,
+  config.training.update(batch_size=4, n_iters=n_iters, n_jitted_steps=2, log_freq=2, eval_freq=2, snapshot_freq=2,
                          snapshot_freq_for_preemption=2, snapshot_sampling=False)
   config.eval.update(batch_size=4, num_samples=4, begin_ckpt=1, end_ckpt=1, enable_loss=True, enable_bpd=False,
                      enable_vlb=False, enable_sampling=False, ckpt_wait_secs=0)
@@ -56,6 +57,18 @@ def released(tmp_path_factory):
   _write_2021(path, pretrained.load_train_state(workdir, tiny_config(2)))
   train.train(tiny_config(4), workdir)
   return workdir, path
+
+
+def test_training_runs_exactly_n_iters_and_checkpoint_k_holds_step_k_times_snapshot_freq(released):
+  """A deliberate departure: the 2021 loop `range(0, n_iters + 1, n_jitted_steps)` ran n_iters + n_jitted_steps
+  steps and its checkpoint k held step k * snapshot_freq + n_jitted_steps. Here n_iters is the step count."""
+  from score_sde import checkpointing  # pylint: disable=import-outside-toplevel
+  ckpts = checkpointing.Checkpoints(released[0], read_only=True)
+  try:
+    assert sorted(ckpts.snapshots.all_steps()) == [2, 4]
+  finally:
+    ckpts.close()
+  assert int(pretrained.load_train_state(released[0], tiny_config(4)).step) == 4
 
 
 def test_sample_and_eval_of_a_released_file_equal_those_of_its_run(released, tmp_path):

@@ -40,22 +40,3 @@ def test_bad_training_frequencies_are_refused():
   with pytest.raises(ValueError, match=r"training.log_freq=7 must be a positive multiple of training.n_jitted_steps=5"):
     train.check_training_config(config)
 
-
-@pytest.mark.xdist_group("train")
-def test_training_runs_exactly_n_iters_and_checkpoint_k_holds_step_k_times_snapshot_freq(tmp_path):
-  """A deliberate departure: the 2021 loop `range(0, n_iters + 1, n_jitted_steps)` ran n_iters + n_jitted_steps
-  steps and its checkpoint k held step k * snapshot_freq + n_jitted_steps. Here n_iters is the step count."""
-  from configs.vp import digits  # pylint: disable=import-outside-toplevel
-  from score_sde import checkpointing  # pylint: disable=import-outside-toplevel
-  config = digits.get_config()
-  config.data.image_size = 8
-  config.model.update(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_scales=25)
-  config.training.update(batch_size=4, n_iters=4, n_jitted_steps=2, log_freq=2, eval_freq=2, snapshot_freq=2,
-                         snapshot_freq_for_preemption=2, snapshot_sampling=False)
-  state = train.train(config, str(tmp_path))
-  assert int(state.step) == 4
-  ckpts = checkpointing.Checkpoints(str(tmp_path), read_only=True)
-  try:
-    assert sorted(ckpts.snapshots.all_steps()) == [2, 4]
-  finally:
-    ckpts.close()
