@@ -8,7 +8,8 @@ import pytest
 from configs.vp import digits
 from score_sde import evaluate, train
 
-pytestmark = pytest.mark.xdist_group("train")
+# Its own group: the module fixture is computed once, on one worker, beside the "train" group.
+pytestmark = pytest.mark.xdist_group("evaluate")
 
 
 def tiny_config():
