@@ -8,8 +8,7 @@ import pytest
 from configs.vp import digits
 from score_sde import evaluate, train
 
-# Its own group: the module fixture is computed once, on one worker, beside the "train" group.
-pytestmark = pytest.mark.xdist_group("evaluate")
+pytestmark = pytest.mark.xdist_group("train")
 
 
 def tiny_config():
