@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import serialization
+from flax import serialization, traverse_util
 
 from score_sde import checkpointing, losses
 from score_sde.models import utils as mutils
@@ -140,21 +140,11 @@ def abstract_params(config):
 
 
 def _flat(tree):
-  """{path tuple: leaf} of a nested dict (or FrozenDict) tree."""
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    out[tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)] = leaf
-  return out
+  """{path tuple: leaf} of a nested dict (or FrozenDict) tree, in sorted path order (jax's leaf order)."""
+  return dict(sorted(traverse_util.flatten_dict(tree).items()))
 
 
-def _unflat(flat):
-  tree = {}
-  for path, leaf in flat.items():
-    node = tree
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = leaf
-  return tree
+_unflat = traverse_util.unflatten_dict
 
 
 def _module_class(name):
@@ -168,10 +158,19 @@ def torch_layout(config):
   name has the DataParallel `module.` prefix; the kind ('dense', 'conv', 'groupnorm', 'nin', 'fourier')
   selects the layout conversion (`to_flax_layout`). See the module docstring for the derivation.
   """
+  _check_torch_model(config)
+  _, params, order = abstract_params(config)
+  return _layout(params, order)
+
+
+def _check_torch_model(config):
   if config.model.name not in _TORCH_MODELS:
     raise CheckpointError(f"the PyTorch port released no {config.model.name!r} models (only {_TORCH_MODELS}); "
                           "use a 2021 Flax checkpoint for this config.")
-  _, params, order = abstract_params(config)
+
+
+def _layout(params, order):
+  """`torch_layout` of an abstract params tree and its modules' creation order (`abstract_params`)."""
   flat = _flat(params)
   top = [path[0] for path in order if len(path) == 1]
   layout = []
@@ -385,10 +384,10 @@ def _read_flax_2021(path):
 
 
 def _flax_tree(where, config, tree, expected_flat, what):
-  found = {"/".join(p): tuple(np.shape(v)) for p, v in _flat(tree).items()}
+  flat = _flat(tree)
+  found = {"/".join(p): tuple(np.shape(v)) for p, v in flat.items()}
   expected = {"/".join(p): tuple(v.shape) for p, v in expected_flat.items()}
   _verify(f"{where} ({what})", FLAX_2021, config, expected, found, "flax")
-  flat = _flat(tree)
   return {p: _as_float(flat[p], where) for p in expected_flat}
 
 
@@ -446,8 +445,9 @@ def _np(t):
 
 
 def _load_torch(path, config, with_train_state):
-  layout = torch_layout(config)
-  _, params, _ = abstract_params(config)
+  _check_torch_model(config)
+  _, params, order = abstract_params(config)
+  layout = _layout(params, order)
   expected_flat = _flat(params)
   raw = _torch_load(path)
   if not isinstance(raw, dict) or not {"model", "ema", "step"} <= set(raw) or not isinstance(raw["model"], dict):
