@@ -68,7 +68,7 @@ def _outputs(config, params):
     return np.asarray(_APPLY[key](params))
 
 
-def _state_2021(params, ema, mu, nu, step, dtype=None):
+def state_2021(params, ema, mu, nu, step, dtype=None):
   """The 2021 `State` as flax's to_state_dict wrote it (flax.optim Adam's per-leaf param states)."""
   cast = (lambda a: a) if dtype is None else (lambda a: np.zeros(a.shape, dtype))
   param_states = jax.tree_util.tree_map(lambda m, v: {"grad_ema": cast(m), "grad_sq_ema": cast(v)}, mu, nu)
@@ -79,7 +79,7 @@ def _state_2021(params, ema, mu, nu, step, dtype=None):
           "params_ema": jax.tree_util.tree_map(cast, ema), "rng": np.array([0, 42], np.uint32)}
 
 
-def _write_2021(path, state):
+def write_2021(path, state):
   with open(path, "wb") as f:
     f.write(serialization.msgpack_serialize(state))
 
@@ -129,7 +129,7 @@ def test_roundtrip_same_outputs(tmp_path, name, fmt):
   params, ema, mu, nu = _trees(config)
   path = str(tmp_path / ("checkpoint_3" if fmt == "flax" else "checkpoint_3.pth"))
   if fmt == "flax":
-    _write_2021(path, _state_2021(params, ema, mu, nu, step=1234))
+    write_2021(path, state_2021(params, ema, mu, nu, step=1234))
   else:
     _write_pth(path, config, params, ema, mu, nu, step=1234)
   assert pretrained.detect_format(path) == (pretrained.FLAX_2021 if fmt == "flax" else pretrained.TORCH_PORT)
@@ -177,9 +177,9 @@ def test_full_paper_tree_2021_loads_every_parameter(tmp_path):
   _, abstract, _ = pretrained.abstract_params(config)
   zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, np.float16), abstract)
   path = str(tmp_path / "checkpoint_26")
-  state = _state_2021(zeros, zeros, zeros, zeros, step=1300000)
+  state = state_2021(zeros, zeros, zeros, zeros, step=1300000)
   state["optimizer"]["state"]["param_states"] = {}  # not needed for the EMA: keeps the file at 250 MB
-  _write_2021(path, state)
+  write_2021(path, state)
   params = pretrained.load_ema_params(path, config)
   tree, total = reference_data.reference_tree("vp_cifar10_ddpmpp_continuous")
   assert reference_data.tree_of(params) == tree
@@ -197,7 +197,7 @@ def test_bad_files(tmp_path):
   config = TINY["ddpmpp"]()
   params, ema, mu, nu = _trees(config)
   good = str(tmp_path / "checkpoint_1")
-  _write_2021(good, _state_2021(params, ema, mu, nu, step=5))
+  write_2021(good, state_2021(params, ema, mu, nu, step=5))
   before = sorted(os.listdir(tmp_path))
   # wrong config for the file
   with pytest.raises(checkpointing.CheckpointError, match=r"does not fit .*expected .* found") as e:

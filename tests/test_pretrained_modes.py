@@ -8,10 +8,10 @@ import jax
 import numpy as np
 import optax
 import pytest
-from flax import serialization
 
 from configs.vp import digits
 from score_sde import evaluate, generate, pretrained, train
+from tests import test_pretrained
 
 # Its own group: the module fixture is computed once, on one worker, beside the "train" group.
 pytestmark = pytest.mark.xdist_group("pretrained_modes")
@@ -37,15 +37,8 @@ def _write_2021(path, state):
   """The run's state as the 2021 code's flax `save_checkpoint` wrote a `State` (flax.optim Adam moments)."""
   np_tree = lambda t: jax.tree_util.tree_map(np.asarray, jax.device_get(t))
   adam = _adam(state.opt_state)
-  param_states = jax.tree_util.tree_map(lambda m, v: {"grad_ema": m, "grad_sq_ema": v}, np_tree(adam.mu),
-                                        np_tree(adam.nu))
-  step = np.int64(int(state.step))
-  tree = {"step": step, "optimizer": {"target": np_tree(state.params),
-                                      "state": {"step": step, "param_states": param_states}},
-          "lr": np.float32(1e-3), "model_state": {}, "ema_rate": np.float32(0.99),
-          "params_ema": np_tree(state.ema_params), "rng": np.array([0, 42], np.uint32)}
-  with open(path, "wb") as f:
-    f.write(serialization.msgpack_serialize(tree))
+  test_pretrained.write_2021(path, test_pretrained.state_2021(np_tree(state.params), np_tree(state.ema_params),
+                                                              np_tree(adam.mu), np_tree(adam.nu), int(state.step)))
 
 
 @pytest.fixture(scope="module")

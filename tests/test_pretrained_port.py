@@ -513,7 +513,7 @@ def test_ncsnv2_2021_flax_roundtrip(tmp_path):
   params, ema, mu, nu = (tp._random(abstract, s) for s in range(4))  # pylint: disable=protected-access
   nu = jax.tree_util.tree_map(np.abs, nu)
   path = str(tmp_path / "checkpoint_9")
-  tp._write_2021(path, tp._state_2021(params, ema, mu, nu, step=300001))  # pylint: disable=protected-access
+  tp.write_2021(path, tp.state_2021(params, ema, mu, nu, step=300001))
   assert pretrained.detect_format(path) == pretrained.FLAX_2021
   step, loaded = pretrained.load_ema_params(path, config, return_step=True)
   assert step == 300001
