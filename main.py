@@ -15,7 +15,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (overridable, e.g. --config.model.nf=64).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Work directory: checkpoints, logs and samples live here.")
-flags.DEFINE_enum("mode", None, ["train", "eval", "sample", "stats"], "What to run.")
+flags.DEFINE_enum("mode", None, ["train", "eval", "sample", "stats"], "What to run (score_sde/run_lib.py).")
 flags.DEFINE_string("eval_folder", "eval", "Folder under workdir for evaluation and sampling outputs.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first: multi-host (TPU pod, multi-node "
                   "GPU). On Cloud TPU and SLURM the cluster is detected; elsewhere give the three flags below.")
@@ -42,7 +42,7 @@ def main(argv):
                                process_id=FLAGS.process_id)
   from score_sde import run_lib  # pylint: disable=g-import-not-at-top  (keeps --help fast)
   try:
-    run_lib.MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir, FLAGS.eval_folder)
+    run_lib.run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS.eval_folder)
   except (ValueError, FloatingPointError) as e:
     # Bad input gets one clear line, not a traceback.
     sys.exit(f"error: {e}")

@@ -24,13 +24,16 @@ setup(
         "scikit-learn>=1.5,<2",
         "pillow>=10,<14",
         "tqdm>=4.60,<5",
-        # oneDNN convolutions for the CPU train step (score_sde/models/onednn_conv.py); wheels exist for
-        # Linux x86-64 only, elsewhere training.conv_impl='auto' uses XLA's convs.
-        "onednn-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
-        "onednn-devel-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
-    package_data={"score_sde.models": ["*.cc"]},
+    # the C++ sources that score_sde/cpu_kernels compiles on first use
+    package_data={"score_sde.cpu_kernels": ["*.cc"]},
     extras_require={
+        # native CPU kernels for the train step (score_sde/cpu_kernels: oneDNN convolutions, fused GroupNorm);
+        # wheels exist for Linux x86-64 only. Without them training.conv_impl='auto' uses XLA's ops.
+        "cpu": [
+            "onednn-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
+            "onednn-devel-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        ],
         "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "torch==2.13.0"],
         # reading the PyTorch port's .pth checkpoints (score_sde/pretrained.py)
         "torch": ["torch>=2.4"],

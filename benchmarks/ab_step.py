@@ -4,15 +4,20 @@
       '{"xla": {"cfg": {"training.conv_impl": "xla"}}, "onednn": {"cfg": {"training.conv_impl": "onednn"}}}'
 
 Each variant is {"set": {"module.attr": value}, "opts": {XLA compiler option: value}, "cfg": {"section.key": v}}:
-`set` assigns module attributes before the step is traced (a string "py:EXPR" is evaluated, with `nn`
-= flax.linen, `layers` = score_sde.models.layers and `fast_dropout` = the original layers.Dropout in scope; assignments persist into later variants, so
-give every variant all the attributes you vary), `opts` are per-compile XLA options (the same names as
-XLA_FLAGS, e.g. "xla_cpu_experimental_ynn_fusion_type"), `cfg` overrides config fields. All variants are
+`cfg` overrides config fields (how the step computes is `training.conv_impl`: "xla", "onednn" or "auto", as
+`ops.resolve` picks it), `set` assigns module attributes before the step is traced (a string "py:EXPR" is
+evaluated, with `nn` = flax.linen, `dataclasses`, `layers` = score_sde.models.layers, `ops` =
+score_sde.models.ops and `fast_dropout` = the native kernels' Dropout class in scope, e.g.
+{"score_sde.cpu_kernels.fused.OPS": "py:dataclasses.replace(ops.resolve('onednn'), dropout=nn.Dropout)"}
+with "cfg" {"training.conv_impl": "onednn"}; assignments persist into later variants, so give every variant
+all the attributes you vary), `opts` are per-compile XLA options (the same names as XLA_FLAGS, e.g.
+"xla_cpu_experimental_ynn_fusion_type"). All variants are
 compiled first, then timed round-robin, so that background load hits them alike. Prints each variant's
 first-step loss and grad norm (a quick numerics check) and its median / min / max step time.
 Run with MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1000000000000 (see train_step.py).
 """
 import argparse
+import dataclasses  # noqa: F401  (for "py:" values)
 import importlib
 import json
 import os
@@ -25,9 +30,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.train_step import benchmark_config, build_step  # noqa: E402  pylint: disable=wrong-import-position
-from score_sde.models import layers  # noqa: E402,F401  pylint: disable=wrong-import-position
+from score_sde.models import layers, ops  # noqa: E402,F401  pylint: disable=wrong-import-position
 
-fast_dropout = layers.Dropout  # the repo's Dropout, kept under a name that "set" cannot overwrite
+from score_sde.cpu_kernels import dropout as _dropout  # noqa: E402  pylint: disable=wrong-import-position
+
+fast_dropout = _dropout.Dropout  # the kernels' Dropout (pure JAX), under a name that "set" cannot overwrite
 
 
 def build(args, cfg_overrides):

@@ -10,7 +10,7 @@ Prints, each as median (min-max, n repeats) after warm-up:
 3. the ODE sampler (its default 'rk45' inside jit, rtol = atol = 1e-5) per function evaluation against one
    drift evaluation (target: within 10%), and its NFE against scipy RK45's (`get_ode_sampler_scipy`, the 2021
    code's host loop) from the same latent at the same tolerances (target: within 10%); also the NFE of
-   diffrax's own Dopri5 pair, whose smaller error estimate takes fewer steps (see `sampling.RK45`).
+   diffrax's own Dopri5 pair, whose smaller error estimate takes fewer steps (see `flow.RK45`).
 The in-jit solve makes no host round trip per evaluation: its whole solve is one device call; scipy's pays a
 round trip (and a float64 <-> float32 copy of the state) per evaluation, printed as its overhead per NFE.
 """
@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.train_step import load_config  # noqa: E402  pylint: disable=wrong-import-position
 from score_sde import (  # noqa: E402  pylint: disable=wrong-import-position
-    config_checks, datasets, generate, parallel, sampling, sde_lib)
+    config_checks, datasets, flow, ode_sampler, parallel, pc_sampler, sde_lib, train_state)
 from score_sde.models import utils as mutils  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -35,7 +35,7 @@ def load_model(config_path, workdir, ckpt_id=-1):
   config = load_config(config_path)
   config.eval.ckpt_id = ckpt_id
   sde, model = config_checks.validate_config(config)
-  step, params = generate.restore_ema_params(config, workdir, model, parallel.make_mesh())
+  step, params = train_state.restore_ema_params(config, workdir, model, parallel.make_mesh())
   score_fn = mutils.get_score_fn(sde, model, train=False, continuous=config.training.continuous)
   return config, sde, model, score_fn, params, step
 
@@ -111,7 +111,7 @@ def main():
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
   t = jnp.full((args.batch,), 0.5)
   score = lambda y: score_fn(params, y, t)
-  drift = lambda y: sampling._flow_drift(sde, score_fn, params, y, 0.5)  # pylint: disable=protected-access
+  drift = lambda y: flow.flow_drift(sde, score_fn, params, y, 0.5)
   score_jit, drift_jit = jax.jit(score), jax.jit(drift)
   start = time.perf_counter()
   jax.block_until_ready(drift_jit(x))
@@ -127,8 +127,8 @@ def main():
   n = args.pc_steps
   pc_config = config.copy_and_resolve_references()
   pc_config.model.num_scales = n
-  pc = sampling.get_pc_sampler(sde_lib.get_sde(pc_config), score_fn, shape, "reverse_diffusion", "langevin",
-                               inverse_scaler, snr=config.sampling.snr, n_steps=1, eps=eps)
+  pc = pc_sampler.get_pc_sampler(sde_lib.get_sde(pc_config), score_fn, shape, "reverse_diffusion", "langevin",
+                                 inverse_scaler, snr=config.sampling.snr, n_steps=1, eps=eps)
   rng = jax.random.PRNGKey(1)
   nfe_pc = 2 * n
   loop = eval_loop(score, x, nfe_pc)
@@ -141,7 +141,7 @@ def main():
         f"vs NFE x one single-call score evaluation: {np.median(t_pc) / (nfe_pc * np.median(t_score)):.3f}")
 
   # 3. ODE sampler in jit vs its NFE drift evaluations in one compiled loop, interleaved; then scipy's NFE.
-  ode = sampling.get_ode_sampler(sde, score_fn, shape, inverse_scaler, rtol=1e-5, atol=1e-5, eps=eps)
+  ode = ode_sampler.get_ode_sampler(sde, score_fn, shape, inverse_scaler, rtol=1e-5, atol=1e-5, eps=eps)
   z = sde.prior_sampling(jax.random.PRNGKey(2), shape)
   x_ode, nfe_ode = ode(None, params, z)
   nfe_ode = int(nfe_ode)
@@ -153,10 +153,11 @@ def main():
   print(f"  {nfe_ode} drift evaluations in one compiled loop: {spread(t_loop, 1, 's')} -> solve / evaluations = "
         f"{np.median(t_ode) / np.median(t_loop):.3f}; per evaluation vs one single-call drift evaluation: "
         f"{per_eval / drift_s:.3f}")
-  dopri5 = sampling.get_ode_sampler(sde, score_fn, shape, inverse_scaler, rtol=1e-5, atol=1e-5, method="dopri5",
-                                    eps=eps)
+  dopri5 = ode_sampler.get_ode_sampler(sde, score_fn, shape, inverse_scaler, rtol=1e-5, atol=1e-5, method="dopri5",
+                                       eps=eps)
   nfe_dopri5 = int(dopri5(None, params, z)[1])
-  scipy_ode = sampling.get_ode_sampler_scipy(sde, score_fn, shape, inverse_scaler, rtol=1e-5, atol=1e-5, eps=eps)
+  scipy_ode = ode_sampler.get_ode_sampler_scipy(sde, score_fn, shape, inverse_scaler, rtol=1e-5, atol=1e-5,
+                                                eps=eps)
   start = time.perf_counter()
   x_scipy, nfe_scipy = scipy_ode(None, params, z)
   scipy_s = time.perf_counter() - start - drift_compile_s  # its drift compiles on the first evaluation

@@ -12,7 +12,8 @@ This VM backs memory lazily and returns freed memory to the OS, which makes timi
 so that glibc serves every block from one sbrk heap and never gives it back. (MALLOC_MMAP_THRESHOLD_ cannot
 do it: glibc caps it at 32 MiB, so XLA's per-step temporary buffer, 110 MB for the small DDPM++ at batch 32,
 was mmapped and faulted in again on every step, ~27k page faults per step; with these settings, none.)
-The CPU step's convs run in oneDNN unless `--conv_impl xla` (training.conv_impl, score_sde/models/onednn_conv.py).
+On one CPU the step runs the native kernels (score_sde/cpu_kernels: convs in oneDNN, fused GroupNorm) when the
+[cpu] extra is installed, unless `--conv_impl xla` (training.conv_impl, resolved by score_sde/models/ops.py).
 """
 import argparse
 import importlib.util
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde import config_checks, losses
-from score_sde.models import onednn_conv
+from score_sde.models import ops
 from score_sde.models import utils as mutils
 
 
@@ -61,18 +62,24 @@ def matmul_flops(n=4096, repeats=5):
   return 2 * n ** 3 / np.median(timed(lambda: f(a), repeats))
 
 
+def train_ops(config, conv_impl=None):
+  """The `ops.Ops` the train step computes with: `conv_impl`, default `training.conv_impl`, as it resolves here."""
+  return ops.resolve(conv_impl or config.training.conv_impl)
+
+
 def build_step(config, conv_impl=None):
-  """(train step, its state, batch, rng, parameter count) for `config`, the step not yet jitted; the convs
-  run as `conv_impl`, default `training.conv_impl` as it resolves on this machine (`onednn_conv`)."""
+  """(train step, its state, batch, rng, parameter count) for `config`, the step not yet jitted; the loss
+  computes with `train_ops(config, conv_impl)`, as `train.train` builds it."""
   sde, model = config_checks.validate_config(config)
   b, s, c = config.training.batch_size, config.data.image_size, config.data.num_channels
   optimizer = losses.get_optimizer(config.optim)
   label_dtype = jnp.float32 if config.training.continuous else jnp.int32
   params = mutils.compile_once(lambda k: mutils.init_params(model, k, (1, s, s, c), label_dtype), jax.random.PRNGKey(0))
   state = losses.create_train_state(params, optimizer)
-  conv_impl = conv_impl or onednn_conv.resolve_impl(config.training.conv_impl)
+  if "ops" in model.__dataclass_fields__:
+    model = model.clone(ops=train_ops(config, conv_impl))
   step = losses.get_train_step(losses.get_loss_fn_from_config(config, sde, model, train=True), optimizer,
-                               config.model.ema_rate, conv_impl)
+                               config.model.ema_rate)
   batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (b, s, s, c))}
   return step, state, batch, jax.random.PRNGKey(2), mutils.count_params(params)
 
@@ -87,7 +94,7 @@ def compile_step(config):
   start = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
-  if onednn_conv.resolve_impl(config.training.conv_impl) != "xla":
+  if train_ops(config) is not ops.XLA:
     xla_step = build_step(config, "xla")[0]
     lowered = jax.jit(xla_step).lower(state, batch, rng)
   cost = lowered.cost_analysis()
@@ -141,7 +148,7 @@ def main():
   parser.add_argument("--batch", type=int, default=None)
   parser.add_argument("--small", action="store_true")
   parser.add_argument("--repeats", type=int, default=10)
-  parser.add_argument("--conv_impl", default=None, choices=onednn_conv.IMPLS,
+  parser.add_argument("--conv_impl", default=None, choices=ops.IMPLS,
                       help="training.conv_impl for the step (default: the config's, 'auto')")
   parser.add_argument("--data", action="store_true", help="also time the input pipeline alone")
   parser.add_argument("--mock_data", type=int, default=0,
@@ -158,7 +165,7 @@ def main():
   median = float(np.median(times))
   print(f"config={args.config}{' (small)' if args.small else ''} batch={b} image={s}x{s}x{c} "
         f"params={n_params:,} devices={jax.device_count()} backend={jax.default_backend()} "
-        f"convs={onednn_conv.resolve_impl(config.training.conv_impl)}")
+        f"ops={train_ops(config).name}")
   print(f"compile: {compile_s:.1f} s")
   print(f"train step: median {median * 1e3:.1f} ms (min {times.min() * 1e3:.1f}, max {times.max() * 1e3:.1f}, "
         f"n={len(times)}) -> {1 / median:.2f} steps/s, {b / median:.1f} images/s")

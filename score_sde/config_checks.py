@@ -1,8 +1,8 @@
 """Checks a config before anything is compiled, so that bad input fails fast with a one-line message."""
 import jax
 
-from score_sde import losses, sampling, sde_lib
-from score_sde.models import onednn_conv
+from score_sde import losses, sampling, sde_lib, settings
+from score_sde.models import ops
 from score_sde.models import utils as mutils
 
 
@@ -22,8 +22,8 @@ def validate_config(config, num_devices=None):
   losses.get_loss_fn_from_config(config, sde, model, train=True)
   check_batch_size(config.training.batch_size, "training.batch_size", num_devices)
   check_batch_size(config.eval.batch_size, "eval.batch_size", num_devices)
-  onednn_conv.check_impl(config.training.get("conv_impl", "auto"))
-  method = str(config.sampling.method).lower()
+  ops.check_impl(settings.TrainingSettings.from_config(config).conv_impl)
+  method = settings.SamplingSettings.from_config(config).method
   if method not in sampling.registered_samplers():  # before a checkpoint is restored or a step compiled
     raise ValueError(f"sampling.method={config.sampling.method!r} is not one of {sampling.registered_samplers()}.")
   return sde, model

@@ -28,8 +28,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 import tqdm
 
-from score_sde import (checkpointing, config_checks, datasets, files, generate, image_utils, losses, parallel,
-                       sampling)
+from score_sde import (checkpointing, config_checks, datasets, files, image_utils, losses, parallel, sampling,
+                       settings, train_state)
 from score_sde.models import utils as mutils
 
 # How often to look for a checkpoint that training has not written yet.
@@ -109,6 +109,7 @@ class _Context:
 
   def __init__(self, config, workdir, eval_folder):
     self.config = config
+    self.eval = settings.EvalSettings.from_config(config)
     self.sde, self.model = config_checks.validate_config(config)
     self.mesh = parallel.make_mesh()
     self.batch_sharding = parallel.batch_sharding(self.mesh)
@@ -225,7 +226,7 @@ def _per_example_units(ctx, params, step, out, name, split, dequantize, passes, 
 def bpd_passes(config):
   """Passes over eval.bpd_dataset: eval.bpd_num_repeats over the test split (each with fresh dequantisation
   noise; the paper averages 5), one over the train split, as the 2021 evaluation did."""
-  e = config.eval
+  e = settings.EvalSettings.from_config(config)
   if e.bpd_dataset.lower() not in ("train", "test"):
     raise ValueError(f"eval.bpd_dataset={e.bpd_dataset!r} is not 'train' or 'test'.")
   if e.bpd_num_repeats < 1:
@@ -241,12 +242,11 @@ def make_bpd_eval(ctx):
   eval.bpd_rtol or eval.bpd_atol say otherwise, so NFE compare with the 2021 code's scipy RK45.
   """
   from score_sde import likelihood  # pylint: disable=g-import-not-at-top
-  e = ctx.config.eval
+  e = ctx.eval
   passes = bpd_passes(ctx.config)
   likelihood_fn = likelihood.get_likelihood_fn(ctx.sde, ctx.flow_score_fn, ctx.inverse_scaler,
-                                               hutchinson_type=e.get("bpd_hutchinson", "Rademacher"),
-                                               rtol=e.get("bpd_rtol", 1e-5), atol=e.get("bpd_atol", 1e-5),
-                                               method=e.get("bpd_method", "rk45"))
+                                               hutchinson_type=e.bpd_hutchinson, rtol=e.bpd_rtol,
+                                               atol=e.bpd_atol, method=e.bpd_method)
 
   def fn(key, params, data):
     bpd, _, nfe = likelihood_fn(key, params, data)
@@ -273,10 +273,10 @@ def make_vlb_eval(ctx):
   in their own folder, so the two are never mixed on resumption.
   """
   from score_sde import vlb  # pylint: disable=g-import-not-at-top
-  clip = bool(ctx.config.eval.get("vlb_clip_denoised", True))
+  clip = ctx.eval.vlb_clip_denoised
   # Refuses SDEs other than VP (the bound is over the DDPM chain) before any checkpoint is read.
   vlb_fn = vlb.get_vlb_fn(ctx.sde, ctx.score_fn, data_centered=ctx.config.data.centered,
-                          model_var=ctx.config.eval.get("vlb_model_var", "fixedlarge"),
+                          model_var=ctx.eval.vlb_model_var,
                           continuous=ctx.config.training.continuous, clip_denoised=clip)
   fields = ("bpd", "rate", "distortion", "prior")
 
@@ -306,7 +306,7 @@ def make_sample_eval(ctx):
                                      ctx.sde.default_sampling_eps, sharding=parallel.sampler_sharding(ctx.mesh))
   sample_fn = jax.jit(sampler, out_shardings=(ctx.batch_sharding, ctx.repl))
   rounds = math.ceil(num_samples / batch)
-  rounding = bool(config.eval.get("uint8_rounding", False))  # False: the 2021 truncation (image_utils.to_uint8)
+  rounding = ctx.eval.uint8_rounding  # False: the 2021 truncation (image_utils.to_uint8)
 
   def run(params, step, out):
     folder = out / "samples"
@@ -368,21 +368,21 @@ def _fmt(v):
 
 def evaluate(config, workdir, eval_folder="eval"):
   """Evaluates checkpoints begin_ckpt..end_ckpt of `workdir`; returns {step: report}."""
-  e = config.eval
-  wanted = [make for flag, make in _EVALUATORS if e[flag]]
+  e = settings.EvalSettings.from_config(config)
+  wanted = [make for flag, make in _EVALUATORS if getattr(e, flag)]
   if not wanted:
     raise ValueError("nothing to evaluate: set one of eval.enable_loss, enable_bpd, enable_vlb, enable_sampling.")
-  pretrained_path = e.get("pretrained", "")
+  pretrained_path = e.pretrained
   steps = [None] if pretrained_path else checkpoint_steps(config)
   ctx = _Context(config, workdir, eval_folder)
   evaluators = [make(ctx) for make in wanted]  # bad settings and missing files fail here, before any work
   reports = {}
   for step in steps:
     if pretrained_path:  # a released checkpoint: evaluated once, at the step it holds
-      step, params = generate.restore_ema_params(config, workdir, ctx.model, ctx.mesh)
+      step, params = train_state.restore_ema_params(config, workdir, ctx.model, ctx.mesh)
     else:
-      wait_for_checkpoint(workdir, step, float(e.get("ckpt_wait_secs", 6 * 3600)))
-      restored_step, params = generate.restore_ema_params(config, workdir, ctx.model, ctx.mesh, step=step)
+      wait_for_checkpoint(workdir, step, e.ckpt_wait_secs)
+      restored_step, params = train_state.restore_ema_params(config, workdir, ctx.model, ctx.mesh, step=step)
       assert restored_step == step, (restored_step, step)
     out = ctx.eval_dir / f"ckpt_{step}"
     out.mkdir(parents=True, exist_ok=True)
@@ -407,7 +407,7 @@ def compute_stats(config, split="train"):
   feature_fn = evaluation.get_feature_fn(config)
   pi, pc = jax.process_index(), jax.process_count()
   n = datasets.num_examples(config, split)
-  rounding = bool(config.eval.get("uint8_rounding", False))
+  rounding = settings.EvalSettings.from_config(config).uint8_rounding
   batches = datasets.eval_iterator(config, split, process_index=pi, process_count=pc, dequantize=False)
   pool = []
   for batch in tqdm.tqdm(batches, total=math.ceil(n / config.eval.batch_size), desc=f"features of {split}",

@@ -26,7 +26,7 @@ from etils import epath
 from scipy import linalg
 from scipy import special
 
-from score_sde import digits_classifier, files, inception, inception_v3
+from score_sde import digits_classifier, files, inception, inception_v3, settings
 
 # Added to both covariances when sqrtm(S1 S2) is not finite (singular products, e.g. fewer samples than
 # features): the usual remedy of the FID reference code (Heusel et al. 2017). It moves FID by about
@@ -188,7 +188,7 @@ def _blocks(f, count):
 
 # ----------------------------------------------------------------------------------------------- stats
 def _stats_folder(config):
-  return config.eval.get("stats_dir", "") or os.path.join(_ROOT, "assets", "stats")
+  return settings.EvalSettings.from_config(config).stats_dir or os.path.join(_ROOT, "assets", "stats")
 
 
 def stats_path(config):
@@ -198,12 +198,12 @@ def stats_path(config):
   `lsun_<category>_<size>_stats.npz`), lower case, with <dir> = config.eval.stats_dir when set, else
   `assets/stats` in the repository.
   """
-  explicit = config.eval.get("stats_path", "")
+  explicit = settings.EvalSettings.from_config(config).stats_path
   if explicit:
     return explicit
   name = config.data.dataset.lower()
   if config.data.dataset == "LSUN":
-    name += "_" + config.data.get("category", "bedroom")
+    name += "_" + settings.DataSettings.from_config(config).category
   return os.path.join(_stats_folder(config), f"{name}_{config.data.image_size}_stats.npz")
 
 
@@ -214,7 +214,7 @@ def stats_path_2021(config):
   d, size = config.data.dataset, config.data.image_size
   names = {("CIFAR10", 32): "cifar10_stats.npz", ("CELEBA", 64): "celeba_stats.npz"}
   if d == "LSUN":
-    return os.path.join(_stats_folder(config), f"lsun_{config.data.get('category', 'bedroom')}_{size}_stats.npz")
+    return os.path.join(_stats_folder(config), f"lsun_{settings.DataSettings.from_config(config).category}_{size}_stats.npz")
   return os.path.join(_stats_folder(config), names[(d, size)]) if (d, size) in names else None
 
 
@@ -223,7 +223,7 @@ def reference_stats_path(config):
   else the 2021 release's file name (`stats_path_2021`) in the same folder when that exists; else
   `stats_path(config)` (missing: `load_reference_stats` then says how to write it)."""
   ours = stats_path(config)
-  if config.eval.get("stats_path", "") or epath.Path(ours).exists():
+  if settings.EvalSettings.from_config(config).stats_path or epath.Path(ours).exists():
     return ours
   legacy = stats_path_2021(config)
   if legacy and epath.Path(legacy).exists():
@@ -379,7 +379,7 @@ def default_network(config):
 def feature_network(config):
   """The network `get_feature_fn(config)` uses: config.eval.feature_network if set ('fid_inception' or
   'imagenet_inception_v3'), else `default_network(config)`."""
-  override = config.eval.get("feature_network", "")
+  override = settings.EvalSettings.from_config(config).feature_network
   if not override:
     return default_network(config)
   if override not in (FID_INCEPTION, IMAGENET_INCEPTION_V3):
@@ -404,13 +404,13 @@ def get_feature_fn(config, batch_size=None):
   if network == DIGITS_CLASSIFIER:
     apply = digits_classifier.get_classifier_fn(digits_classifier.get_classifier(config))
   elif network == FID_INCEPTION:
-    path = inception.resolve_path(config.eval.get("inception_path", ""))
+    path = inception.resolve_path(settings.EvalSettings.from_config(config).inception_path)
     apply = inception.get_inception_fn(inception.load_variables(path))
   else:
     if config.data.image_size < inception_v3.MIN_SIZE:
       raise ValueError(f"the ImageNet Inception-v3 takes images at their own size, at least {inception_v3.MIN_SIZE} "
                        f"px; data.image_size={config.data.image_size} is smaller: leave eval.feature_network unset.")
-    path = inception_v3.resolve_path(config.eval.get("inception_v3_path", ""))
+    path = inception_v3.resolve_path(settings.EvalSettings.from_config(config).inception_v3_path)
     apply = inception_v3.get_inception_v3_fn(inception_v3.load_variables(path))
   chunk = int(batch_size or config.eval.batch_size)
   if chunk < 1:

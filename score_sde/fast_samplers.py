@@ -22,13 +22,17 @@ DDIM's choice for CIFAR-10), 'edm' (uniform in sigma^(1/7), Karras et al. 2022 e
 in float64, when the sampler is built; the step loop is one `lax.fori_loop` inside one `jax.jit`.
 
 NFE counts every score evaluation, the optional final denoising included (unlike the ODE sampler, which follows
-the 2021 code in leaving that one out).
+the 2021 code in leaving that one out). Heun's optional denoising is `flow.denoise_step`, the ODE sampler's.
+
+Both are registered in `score_sde.sampling` ('ddim', and 'heun' as a probability-flow sampler) by the decorated
+builders at the end of this file.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde import sampling, sde_lib
+from score_sde import flow, sampling
+from score_sde.sampler_utils import constrain, initial_state
 
 _RHO = 7.0  # Karras et al. 2022, eq. 5: the exponent of the 'edm' grid
 _TIME_GRIDS = ("uniform", "quadratic", "edm")
@@ -110,7 +114,7 @@ def get_ddim_sampler(sde, score_fn, shape, inverse_scaler, num_steps=50, eta=0.0
   Returns:
     A jit-compiled `sampler(rng, params, z=None) -> (samples, nfe)`, nfe = K + denoise.
   """
-  if isinstance(sde, sde_lib.subVPSDE) or not isinstance(sde, sde_lib.VPSDE):
+  if sde.discrete_chain != "ddpm":  # the VP SDE: noise prediction and s(t)^2 = 1 - m(t)^2
     raise ValueError(f"sampling.method='ddim' needs a VP SDE (its noise prediction and DDIM's update assume "
                      f"s(t)^2 = 1 - m(t)^2); got {type(sde).__name__}. Use sampling.method='heun' instead.")
   eta = float(eta)
@@ -130,11 +134,11 @@ def get_ddim_sampler(sde, score_fn, shape, inverse_scaler, num_steps=50, eta=0.0
 
   def sampler(rng, params, z=None):
     rng, prior_rng = jax.random.split(rng)
-    x = sampling.initial_state(sde, prior_rng, shape, z, sharding)
+    x = initial_state(sde, prior_rng, shape, z, sharding)
 
     def body(i, carry):
       rng, x = carry
-      x = sampling.constrain(x, sharding)
+      x = constrain(x, sharding)
       t, s_i, inv_m_i, m_next, dir_next, noise_next = coeffs[i]
       eps_hat = -s_i * score_fn(params, x, _full(t, shape))
       x0_hat = (x - s_i * eps_hat) * inv_m_i
@@ -148,7 +152,7 @@ def get_ddim_sampler(sde, score_fn, shape, inverse_scaler, num_steps=50, eta=0.0
     if denoise:
       # Tweedie: E[x(0) | x(eps)] = (x + s^2 score) / m, the deterministic DDIM step to alpha_bar = 1.
       x = (x + np.float32(s[-1] ** 2) * score_fn(params, x, _full(ts[-1], shape))) / np.float32(m[-1])
-    return sampling.constrain(inverse_scaler(x), sharding), jnp.asarray(nfe, jnp.int32)
+    return constrain(inverse_scaler(x), sharding), jnp.asarray(nfe, jnp.int32)
 
   return jax.jit(sampler)
 
@@ -186,11 +190,11 @@ def get_heun_sampler(sde, score_fn, shape, inverse_scaler, num_steps=50, time_gr
     return factor * score_fn(params, m_i * y, _full(t, shape))
 
   def sampler(rng, params, z=None):
-    x = sampling.initial_state(sde, rng, shape, z, sharding)
+    x = initial_state(sde, rng, shape, z, sharding)
     y = x / np.float32(m[0])
 
     def body(i, y):
-      y = sampling.constrain(y, sharding)
+      y = constrain(y, sharding)
       d = slope(params, y, i)
       y_euler = y + steps[i] * d
       return y + 0.5 * steps[i] * (d + slope(params, y_euler, i + 1))
@@ -199,28 +203,22 @@ def get_heun_sampler(sde, score_fn, shape, inverse_scaler, num_steps=50, time_gr
     y = y + steps[-1] * slope(params, y, steps.shape[0] - 1)
     x = np.float32(m[-1]) * y
     if denoise:
-      x = sampling.denoise_step(sde, score_fn, params, x, eps)
-    return sampling.constrain(inverse_scaler(x), sharding), jnp.asarray(nfe, jnp.int32)
+      x = flow.denoise_step(sde, score_fn, params, x, eps)
+    return constrain(inverse_scaler(x), sharding), jnp.asarray(nfe, jnp.int32)
 
   return jax.jit(sampler)
 
 
-# ------------------------------------------------------------------------------------------------ from config
-def _grid_settings(config):
-  return dict(num_steps=getattr(config.sampling, "num_steps", 50),
-              time_grid_kind=getattr(config.sampling, "time_grid", "uniform"))
-
-
+# ------------------------------------------------------------------------------------------------ registered
 @sampling.register_sampler("ddim")
-def _ddim_from_config(config, sde, score_fn, shape, inverse_scaler, eps, sharding=None):
-  """Reads sampling.noise_removal and sampling.{num_steps, time_grid, ddim_eta} (defaults 50, 'uniform', 0)."""
-  return get_ddim_sampler(sde, score_fn, shape, inverse_scaler, eta=getattr(config.sampling, "ddim_eta", 0.0),
-                          denoise=config.sampling.noise_removal, eps=eps, sharding=sharding,
-                          **_grid_settings(config))
+def ddim_from_settings(s, sde, score_fn, shape, inverse_scaler, eps, sharding=None):
+  """Reads `settings.SamplingSettings` {noise_removal, num_steps, time_grid, ddim_eta}."""
+  return get_ddim_sampler(sde, score_fn, shape, inverse_scaler, num_steps=s.num_steps, eta=s.ddim_eta,
+                          time_grid_kind=s.time_grid, denoise=s.noise_removal, eps=eps, sharding=sharding)
 
 
 @sampling.register_sampler("heun", probability_flow=True)
-def _heun_from_config(config, sde, score_fn, shape, inverse_scaler, eps, sharding=None):
-  """Reads sampling.noise_removal and sampling.{num_steps, time_grid} (defaults 50, 'uniform')."""
-  return get_heun_sampler(sde, score_fn, shape, inverse_scaler, denoise=config.sampling.noise_removal, eps=eps,
-                          sharding=sharding, **_grid_settings(config))
+def heun_from_settings(s, sde, score_fn, shape, inverse_scaler, eps, sharding=None):
+  """Reads `settings.SamplingSettings` {noise_removal, num_steps, time_grid}."""
+  return get_heun_sampler(sde, score_fn, shape, inverse_scaler, num_steps=s.num_steps, time_grid_kind=s.time_grid,
+                          denoise=s.noise_removal, eps=eps, sharding=sharding)

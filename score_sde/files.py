@@ -21,7 +21,7 @@ def save_npz(path, arrays):
 
 
 def cache_dir():
-  """Downloaded weights, trained helper networks and built native code: $SCORE_SDE_CACHE, else
+  """Downloaded weights, trained helper networks and compiled libraries: $SCORE_SDE_CACHE, else
   $XDG_CACHE_HOME/score_sde, else ~/.cache/score_sde."""
   if os.environ.get("SCORE_SDE_CACHE"):
     return os.environ["SCORE_SDE_CACHE"]

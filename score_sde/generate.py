@@ -8,46 +8,14 @@ import math
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 import tqdm
 
-from score_sde import checkpointing, config_checks, datasets, files, image_utils, losses, parallel, sampling
+from score_sde import config_checks, datasets, files, image_utils, parallel, sampling, settings, train_state
 from score_sde.models import utils as mutils
-
-
-def restore_ema_params(config, workdir, model, mesh, step=None):
-  """(step, EMA parameters) of checkpoint `step`, by default `eval.ckpt_id` (a step; -1 = the newest one).
-
-  With `eval.pretrained` set (a released 2021 Flax / PyTorch-port file, or an Orbax workdir), that checkpoint
-  is read instead of `workdir`'s and `step` is ignored (`score_sde/pretrained.py`).
-  """
-  if config.eval.get("pretrained", ""):
-    from score_sde import pretrained  # pylint: disable=g-import-not-at-top
-    step_, params = pretrained.load_ema_params(config.eval.pretrained, config, return_step=True)
-    return step_, jax.device_put(params, parallel.replicated(mesh))
-  h, c = config.data.image_size, config.data.num_channels
-  optimizer = losses.get_optimizer(config.optim)
-  label_dtype = jnp.float32 if config.training.continuous else jnp.int32
-  abstract = jax.eval_shape(
-      lambda k: losses.create_train_state(mutils.init_params(model, k, (1, h, h, c), label_dtype), optimizer),
-      jax.random.PRNGKey(0))
-  abstract = parallel.abstract_with_sharding(abstract, parallel.replicated(mesh))
-  ckpts = checkpointing.Checkpoints(workdir, read_only=True)
-  try:
-    step = config.eval.ckpt_id if step is None else step
-    if step < 0:
-      state = ckpts.restore_latest(abstract)
-      if state is None:
-        raise checkpointing.CheckpointError(f"no checkpoint in {workdir}: train first (--mode train).")
-    else:
-      state = ckpts.restore_step(int(step), abstract)
-  finally:
-    ckpts.close()
-  return int(state.step), state.ema_params
 
 
 def sample(config, workdir, eval_folder="eval"):
@@ -56,7 +24,7 @@ def sample(config, workdir, eval_folder="eval"):
   if num_samples < 1:
     raise ValueError(f"eval.num_samples={num_samples} must be >= 1.")
   mesh = parallel.make_mesh()
-  step, params = restore_ema_params(config, workdir, model, mesh)
+  step, params = train_state.restore_ema_params(config, workdir, model, mesh)
   h, c = config.data.image_size, config.data.num_channels
   score_fn = mutils.get_score_fn(sde, model, continuous=config.training.continuous,
                                   probability_flow=sampling.uses_probability_flow(config))
@@ -67,7 +35,7 @@ def sample(config, workdir, eval_folder="eval"):
   folder = epath.Path(workdir) / eval_folder / "samples" / f"step_{step}"
   folder.mkdir(parents=True, exist_ok=True)
   rounds = math.ceil(num_samples / batch)
-  rounding = bool(config.eval.get("uint8_rounding", False))  # False: the 2021 truncation (image_utils.to_uint8)
+  rounding = settings.EvalSettings.from_config(config).uint8_rounding  # False: the 2021 truncation (image_utils.to_uint8)
   base_rng = jax.random.PRNGKey(config.seed)
   is_main = jax.process_index() == 0
   done, drawn, seconds, nfe = 0, 0, 0.0, None

@@ -2,7 +2,8 @@
 
 The probability flow dx/dt = f~(x, t) (eq. 13) is a neural ODE, so the instantaneous change of variables
 (eq. 39-40) gives log p_0(x(0)) = log p_T(x(T)) + int_0^T div f~(x(t), t) dt. We integrate the augmented
-state (x, int div f~) from eps to T in one diffrax solve inside jit and replace p_T by the prior.
+state (x, int div f~) from eps to T in one diffrax solve inside jit (`flow.diffeqsolve`, the solver, step-size
+rule and NFE convention of the ODE sampler) and replace p_T by the prior.
 
 The divergence is the exact trace of the Jacobian (D forward-mode products per evaluation: small data only)
 or the Hutchinson-Skilling estimate v^T (df~/dx) v with one Rademacher or Gaussian probe v per example,
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde import sampling
+from score_sde import flow
 
 HUTCHINSON_TYPES = ("rademacher", "gaussian", "exact")
 
@@ -95,8 +96,9 @@ def get_likelihood_fn(sde, score_fn, inverse_scaler, hutchinson_type="Rademacher
       (the full Jacobian trace by D Jacobian-vector products per evaluation; for small data, e.g. tests).
     rtol, atol: the adaptive step-size controller's tolerances; the error norm is the RMS over the whole
       augmented state (every x and the log-density integrals), like the 2021 code's scipy RK45.
-    method: a diffrax solver name from `sampling.ode_methods()` (not 'scipy_rk45'). The default 'rk45' is the
-      ODE sampler's pair, scipy's RK45 error estimate as the 2021 likelihood used, so NFE compare with its.
+    method: an in-jit solver name from `flow.solver_names()` (not the ODE sampler's host-bound 'scipy_rk45').
+      The default 'rk45' is the ODE sampler's pair, scipy's RK45 error estimate as the 2021 likelihood used, so
+      NFE compare with its.
     eps: the time the data sits at; integration runs from eps to T.
     max_steps: a solve needing more steps raises an error instead of returning a truncated result.
 
@@ -105,22 +107,17 @@ def get_likelihood_fn(sde, score_fn, inverse_scaler, hutchinson_type="Rademacher
     scaler), already dequantised, shape (B, H, W, C); rng draws the probes (unused for 'exact'). bpd (B,) =
     -(prior_logp(z) + int div) / ln 2 / D + offset; z is the latent x(T); nfe counts evaluations of the
     augmented drift, each one score evaluation with its Jacobian-vector product(s) (one tangent, or D
-    batched tangents for 'exact'), with `sampling._solve_flow`'s convention.
+    batched tangents for 'exact'), with `flow.diffeqsolve`'s convention.
   """
   kind = _hutchinson_type(hutchinson_type)
-  # pylint: disable=protected-access
-  if str(method).lower() == sampling._SCIPY_METHOD:
-    raise ValueError(f"method={method!r} has no likelihood solver (it is the host-bound sampler check); use "
-                     f"one of the in-jit solvers {sorted(sampling._ODE_METHODS)}.")
-  solver_cls, evals_per_step, init_evals = sampling._ode_method(method)
-  # pylint: enable=protected-access
+  flow.solver(method)  # fail fast on an unknown name (in-jit solvers only, not the host-bound 'scipy_rk45')
   if not 0 < eps < sde.T:
     raise ValueError(f"eps={eps} must lie in (0, T={sde.T}): the likelihood integrates from eps to T.")
   offset = bpd_offset(inverse_scaler)
 
   def augmented(t, state, args):
     params, probe = args
-    drift = lambda y: sampling._flow_drift(sde, score_fn, params, y, t)  # pylint: disable=protected-access
+    drift = lambda y: flow.flow_drift(sde, score_fn, params, y, t)
     return _drift_and_divergence(drift, state[0], kind, probe)
 
   def likelihood_fn(rng, params, data):
@@ -128,16 +125,12 @@ def get_likelihood_fn(sde, score_fn, inverse_scaler, hutchinson_type="Rademacher
     _check_data(data)
     probe = _probe(rng, kind, data.shape, data.dtype) if kind != "exact" else jnp.zeros_like(data)
     y0 = (data, jnp.zeros(data.shape[:1], data.dtype))
-    # dt0 as in sampling._solve_flow: an explicit first step keeps the NFE formula exact.
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(augmented), solver_cls(), t0=eps, t1=sde.T, dt0=0.01 * (sde.T - eps), y0=y0,
-        args=(params, probe), stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        saveat=diffrax.SaveAt(t1=True), max_steps=max_steps)
-    z, delta_logp = sol.ys[0][-1], sol.ys[1][-1]
+    # The flow's own solve (step-size rule, max_steps, NFE convention), on the augmented state.
+    (z, delta_logp), nfe = flow.diffeqsolve(diffrax.ODETerm(augmented), y0, eps, sde.T, (params, probe), rtol,
+                                            atol, method, max_steps)
     dims = np.prod(data.shape[1:])
     # log p_eps(x) = log p_T(z) + int_eps^T div f~ dt (eq. 39), with the prior standing in for p_T.
     bpd = -(sde.prior_logp(z) + delta_logp) / np.log(2.0) / dims + offset
-    nfe = init_evals + evals_per_step * sol.stats["num_steps"]
     return bpd, z, nfe
 
   return jax.jit(likelihood_fn)

@@ -8,8 +8,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from score_sde import sde_lib
-from score_sde.models import layers
 from score_sde.models import utils as mutils
 
 
@@ -39,7 +37,7 @@ def clip_by_global_norm(max_norm):
 
   Unlike `optax.clip_by_global_norm` (a select between g and g / ||g|| * max_norm), this is one scalar factor
   per step, so XLA folds it into the Adam moment updates instead of writing a clipped copy of every gradient
-  (DDPM++ cont. on the 2-core CPU: the optimizer's tail after the backward pass 61 -> 55 ms). Its state is
+  (a measurable share of the optimizer's tail after the backward pass: benchmarks/train_step.py). Its state is
   optax's `EmptyState`, like optax's version, so checkpoints are interchangeable.
   """
 
@@ -106,7 +104,7 @@ def get_sde_loss_fn(sde, score_fn, reduce_mean=True, likelihood_weighting=False,
 
 def get_smld_loss_fn(vesde, model_fn, reduce_mean=False):
   """SMLD (NCSN) loss: sum over noise levels of sigma^2 |s(x + sigma z, i) + z / sigma|^2, i uniform."""
-  if not isinstance(vesde, sde_lib.VESDE):
+  if vesde.discrete_chain != "smld":
     raise ValueError("The SMLD loss needs training.sde='vesde'.")
   sigmas_desc = jnp.asarray(vesde.discrete_sigmas[::-1].copy())  # label 0 = sigma_max
   reduce_op = _reduce_fn(reduce_mean)
@@ -126,7 +124,7 @@ def get_smld_loss_fn(vesde, model_fn, reduce_mean=False):
 
 def get_ddpm_loss_fn(vpsde, model_fn, reduce_mean=True):
   """DDPM's L_simple (DDPM eq. 14): |eps - eps_theta(sqrt(abar) x + sqrt(1 - abar) eps, i)|^2."""
-  if type(vpsde) is not sde_lib.VPSDE:  # pylint: disable=unidiomatic-typecheck
+  if vpsde.discrete_chain != "ddpm":
     raise ValueError("The DDPM loss needs training.sde='vpsde' (sub-VP has no discrete chain).")
   sqrt_abar = jnp.asarray(vpsde.sqrt_alphas_cumprod)
   sqrt_1m_abar = jnp.asarray(vpsde.sqrt_1m_alphas_cumprod)
@@ -152,9 +150,9 @@ def get_loss_fn(sde, model, train, reduce_mean=False, continuous=True, likelihoo
     raise ValueError("training.likelihood_weighting=True needs training.continuous=True "
                      "(the discrete SMLD/DDPM losses have fixed weights).")
   model_fn = mutils.get_model_fn(model, train=train)
-  if isinstance(sde, sde_lib.VESDE):
+  if sde.discrete_chain == "smld":
     return get_smld_loss_fn(sde, model_fn, reduce_mean)
-  if type(sde) is sde_lib.VPSDE:  # pylint: disable=unidiomatic-typecheck
+  if sde.discrete_chain == "ddpm":
     return get_ddpm_loss_fn(sde, model_fn, reduce_mean)
   raise ValueError(f"training.continuous=False is defined for training.sde in ['vesde' (SMLD), 'vpsde' (DDPM)], "
                    f"not {type(sde).__name__}; set training.continuous=True.")
@@ -167,17 +165,15 @@ def get_loss_fn_from_config(config, sde, model, train):
 
 
 # ---------------------------------------------------------------------------------------------------- steps
-def get_train_step(loss_fn, optimizer, ema_rate, conv_impl="xla"):
+def get_train_step(loss_fn, optimizer, ema_rate):
   """`train_step(state, batch, rng) -> (state, metrics)`: one Adam update and one EMA update.
 
-  `conv_impl` ('xla' or 'onednn', see `onednn_conv.resolve_impl`) computes the network's convs and their
-  gradients ('onednn': also NCSN++'s GroupNorm + SiLU, `native_norm`); the parameters and the math are the
-  same either way.
+  How the network inside `loss_fn` computes is its model's `ops` (`train.train` builds the loss from
+  `model.clone(ops=ops.resolve(training.conv_impl, devices))`); the parameters and the math are the same.
   """
 
   def train_step(state, batch, rng):
-    with layers.conv_impl(conv_impl):
-      loss, grads = jax.value_and_grad(loss_fn)(state.params, batch["image"], rng)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch["image"], rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = optax.incremental_update(params, state.ema_params, step_size=1.0 - ema_rate)

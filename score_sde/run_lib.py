@@ -1,30 +1,24 @@
-"""Entry points behind `main.py --mode ...`: config in, work done in `workdir`."""
+"""What `main.py --mode <mode>` runs: one function per mode, config in, work done in `workdir`.
+
+  train   `train.train`: trains, checkpoints, logs and samples; resumes by itself
+  eval    `evaluate.evaluate`: loss, bits/dim, the DDPM bound and FID/IS/KID of checkpoints
+  sample  `generate.sample`: eval.num_samples images from one checkpoint, in resumable rounds
+  stats   `evaluate.compute_stats`: the data set's reference statistics for FID/KID (shared by every run of
+          that data, so it lives at `evaluation.stats_path(config)`, not in the workdir)
+"""
+from score_sde import evaluate, generate, train
+
+MODES = ("train", "eval", "sample", "stats")
 
 
-def train(config, workdir):
-  from score_sde import train as train_lib  # pylint: disable=g-import-not-at-top
-  train_lib.train(config, workdir)
-
-
-def evaluate(config, workdir, eval_folder="eval"):
-  from score_sde import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
-  return evaluate_lib.evaluate(config, workdir, eval_folder)
-
-
-def sample(config, workdir, eval_folder="eval"):
-  from score_sde import generate  # pylint: disable=g-import-not-at-top
-  return generate.sample(config, workdir, eval_folder)
-
-
-def compute_stats(config, workdir):
-  del workdir  # the statistics file lives at evaluation.stats_path(config), shared by every run of the data
-  from score_sde import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
-  return evaluate_lib.compute_stats(config)
-
-
-MODES = {
-    "train": lambda config, workdir, eval_folder: train(config, workdir),
-    "eval": evaluate,
-    "sample": sample,
-    "stats": lambda config, workdir, eval_folder: compute_stats(config, workdir),
-}
+def run(mode, config, workdir, eval_folder="eval"):
+  """Runs `mode` on `config` in `workdir`; eval and sample write under `<workdir>/<eval_folder>`."""
+  if mode == "train":
+    return train.train(config, workdir)
+  if mode == "eval":
+    return evaluate.evaluate(config, workdir, eval_folder)
+  if mode == "sample":
+    return generate.sample(config, workdir, eval_folder)
+  if mode == "stats":
+    return evaluate.compute_stats(config)
+  raise ValueError(f"--mode={mode!r} is not one of {list(MODES)}.")

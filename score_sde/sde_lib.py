@@ -2,13 +2,16 @@
 
 An SDE is a small object of closed-form coefficients. Shapes: `x` is (B, H, W, C) (any rank >= 1 works),
 `t` is (B,). A new SDE is one subclass decorated with `@register_sde('name')`; samplers and likelihoods use
-only this interface, so they work for it unchanged.
+only this interface, so they work for it unchanged. To read a network as its score, the subclass also names its
+`parameterization` (how the network's output and time labels become a score; see score_sde.parameterization).
 """
 import abc
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from score_sde.parameterization import NoisePrediction, ScoreOutput, marginal_std
 
 _SDES = {}
 
@@ -52,6 +55,10 @@ class SDE(abc.ABC):
 
   # Where samplers stop (t = eps): the score is unreliable at t = 0 (Song et al. 2021, App. C).
   default_sampling_eps = 1e-3
+  # The discrete Markov chain that `discretize` follows and discrete (non-continuous) training uses: 'ddpm'
+  # (discrete_betas, alphas, alphas_cumprod) or 'smld' (discrete_sigmas, ascending); None when the SDE has
+  # none and `discretize` is Euler-Maruyama.
+  discrete_chain = None
 
   def __init__(self, N):
     if int(N) < 1:
@@ -92,6 +99,17 @@ class SDE(abc.ABC):
     """The reverse-time SDE (eq. 6), or the probability-flow ODE (eq. 13), for `score_fn(x, t)`."""
     return ReverseSDE(self, score_fn, probability_flow)
 
+  def parameterization(self, continuous, probability_flow=False):
+    """How a network trained on this SDE is read as its score: a `parameterization.Parameterization`.
+
+    Args:
+      continuous: the network was trained with continuous time labels (else with the discrete chain's).
+      probability_flow: the score drives a probability-flow path (ODE sampler, likelihood, encoder); an SDE
+        may read a discrete model with its continuous convention there (VP does, VE does not).
+    """
+    raise NotImplementedError(f"No network-to-score convention for SDE {type(self).__name__}: define its "
+                              "parameterization(continuous, probability_flow) (see score_sde.parameterization).")
+
 
 class ReverseSDE:
   """dx = [f - g^2 s(x, t) (1/2 for the flow)] dt + g dw-bar, integrated from T back to 0.
@@ -131,6 +149,10 @@ def _standard_normal_logp(z):
 @register_sde("vpsde")
 class VPSDE(SDE):
   """Variance preserving SDE (eq. 11), the continuous limit of DDPM: dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw."""
+
+  discrete_chain = "ddpm"
+  # The 2021 continuous VP label: 999 t whatever N (DDPM's timestep range at N = 1000).
+  continuous_label_scale = 999
 
   def __init__(self, beta_min=0.1, beta_max=20.0, N=1000):
     super().__init__(N)
@@ -191,14 +213,26 @@ class VPSDE(SDE):
   def corrector_alpha(self, t):
     return jnp.asarray(self.alphas)[self._timestep(t)]
 
+  def parameterization(self, continuous, probability_flow=False):
+    """Noise prediction, score = -net / std. Continuous, and on every probability-flow path: label 999 t and
+    the kernel's std. Discrete: the float label t (N - 1) (DDPM's time embedding reads it as a real time) and
+    the chain's sqrt(1 - abar_i) at i = floor(t (N - 1))."""
+    if continuous or probability_flow:
+      return NoisePrediction(lambda t: t * self.continuous_label_scale, marginal_std(self))
+    return NoisePrediction(
+        lambda t: t * (self.N - 1),
+        lambda t: jnp.asarray(self.sqrt_1m_alphas_cumprod)[(t * (self.N - 1)).astype(jnp.int32)])
+
 
 @register_sde("subvpsde")
 class subVPSDE(VPSDE):  # pylint: disable=invalid-name
   """sub-VP SDE (eq. 12): VP drift, diffusion sqrt(beta(t) (1 - exp(-2 int_0^t beta))); variance below VP's.
 
   It has no discrete chain of its own: `discretize` is Euler-Maruyama and the Langevin alpha is 1 (the
-  2021 code read a missing `alphas` attribute here and crashed).
+  2021 code read a missing `alphas` attribute here and crashed); networks always get VP's continuous labels.
   """
+
+  discrete_chain = None
 
   def sde(self, x, t):
     beta_t = self.beta(t)
@@ -218,12 +252,18 @@ class subVPSDE(VPSDE):  # pylint: disable=invalid-name
   def corrector_alpha(self, t):
     return SDE.corrector_alpha(self, t)
 
+  def parameterization(self, continuous, probability_flow=False):
+    """VP's continuous noise prediction, whatever `continuous` (sub-VP has no chain to index)."""
+    del continuous, probability_flow
+    return VPSDE.parameterization(self, continuous=True)
+
 
 @register_sde("vesde")
 class VESDE(SDE):
   """Variance exploding SDE (eq. 9), the continuous limit of SMLD: dx = sqrt(d sigma^2(t)/dt) dw."""
 
   default_sampling_eps = 1e-5
+  discrete_chain = "smld"
 
   def __init__(self, sigma_min=0.01, sigma_max=50.0, N=1000):
     super().__init__(N)
@@ -262,3 +302,12 @@ class VESDE(SDE):
     sigma = sigmas[i]
     adjacent_sigma = jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)])
     return jnp.zeros_like(x), jnp.sqrt(sigma ** 2 - adjacent_sigma ** 2)
+
+  def parameterization(self, continuous, probability_flow=False):
+    """Score output. Continuous: label sigma(t). Discrete, on probability-flow paths too: the index
+    round((T - t)(N - 1)) into the descending sigma table (NCSN-style networks gather sigmas[label], so a
+    continuous label would be read as an out-of-range index)."""
+    del probability_flow
+    if continuous:
+      return ScoreOutput(marginal_std(self))
+    return ScoreOutput(lambda t: jnp.round((self.T - t) * (self.N - 1)).astype(jnp.int32), label_dtype=jnp.int32)

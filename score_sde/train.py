@@ -20,8 +20,9 @@ from etils import epath
 from clu import metric_writers
 from clu import periodic_actions
 
-from score_sde import checkpointing, config_checks, datasets, image_utils, losses, parallel, sampling
-from score_sde.models import onednn_conv
+from score_sde import (checkpointing, config_checks, datasets, image_utils, losses, parallel, sampling, settings,
+                       train_state)
+from score_sde.models import ops as ops_lib
 from score_sde.models import utils as mutils
 
 
@@ -136,7 +137,7 @@ def train(config, workdir):
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final train state."""
   sde, model = config_checks.validate_config(config)
   check_training_config(config)
-  t = config.training
+  t = settings.TrainingSettings.from_config(config)
   h, w, c = config.data.image_size, config.data.image_size, config.data.num_channels
   is_main = jax.process_index() == 0
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs:// (TPU pods write to a bucket)
@@ -148,35 +149,31 @@ def train(config, workdir):
 
   # ---- model and state (restored if a checkpoint exists)
   optimizer = losses.get_optimizer(config.optim)
-  label_dtype = jnp.float32 if t.continuous else jnp.int32
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng, eval_rng, sample_rng = jax.random.split(rng, 4)
-
-  def init_state(key):
-    params = mutils.init_params(model, key, (1, h, w, c), label_dtype)
-    return losses.create_train_state(params, optimizer)
-
-  abstract_state = jax.eval_shape(init_state, init_rng)
   checkpoints = checkpointing.Checkpoints(workdir)
-  state = checkpoints.restore_latest(parallel.abstract_with_sharding(abstract_state, repl))
-  if state is None and t.get("init_from", ""):
+  state = checkpoints.restore_latest(train_state.abstract_train_state(config, model, repl, optimizer))
+  if state is None and t.init_from:
     # Start (or fine-tune) from a released / other checkpoint; once this workdir has its own, those win.
     from score_sde import pretrained  # pylint: disable=g-import-not-at-top
     state = jax.device_put(pretrained.load_train_state(t.init_from, config), repl)
     logging.info("Initialised from %s (%s) at step %d.", t.init_from, pretrained.detect_format(t.init_from),
                  int(state.step))
   if state is None:
-    state = mutils.compile_once(init_state, init_rng, out_shardings=repl)
+    state = train_state.init_train_state(config, model, init_rng, repl, optimizer)
   initial_step = int(state.step)
   logging.info("Parameters: %d; starting at step %d of %d.", mutils.count_params(state.params), initial_step,
                t.n_iters)
 
   # ---- compiled steps
   scaler = datasets.get_data_scaler(config)
-  conv_impl = onednn_conv.resolve_impl(t.get("conv_impl", "auto"), mesh.devices.flat)
-  logging.info("Train-step kernels: %s.", "oneDNN convs, native GroupNorm" if conv_impl == "onednn" else "XLA")
-  train_step = losses.get_train_step(losses.get_loss_fn_from_config(config, sde, model, train=True), optimizer,
-                                     config.model.ema_rate, conv_impl)
+  # The loss the train step differentiates computes with training.conv_impl's ops; eval, sampling and
+  # likelihoods keep the model's own (ops.XLA).
+  train_ops = ops_lib.resolve(t.conv_impl, mesh.devices.flat)
+  train_model = ops_lib.with_ops(model, train_ops)
+  logging.info("Train-step ops: %s.", train_ops.name if train_model is not model else ops_lib.XLA.name)
+  train_step = losses.get_train_step(losses.get_loss_fn_from_config(config, sde, train_model, train=True),
+                                     optimizer, config.model.ema_rate)
   eval_step = losses.get_eval_step(losses.get_loss_fn_from_config(config, sde, model, train=False))
 
   # XLA:CPU runs a train step inside a while loop (lax.scan) or on a dynamically sliced batch ~40x slower

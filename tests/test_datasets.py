@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from configs import default_celeba_configs, default_cifar10_configs, default_digits_configs, default_lsun_configs
-from score_sde import datasets
+from score_sde import data_digits, data_preprocessing, data_sources, datasets
 
 tf.config.set_visible_devices([], "GPU")
 
@@ -58,8 +58,8 @@ def test_scalers_round_trip(centered):
 # ---------------------------------------------------------------------------------------------- digits
 def test_digits_split_and_content():
   config = default_digits_configs.get_default_configs()
-  train, train_labels = datasets._digits(16, "train")  # pylint: disable=protected-access
-  test, _ = datasets._digits(16, "test")  # pylint: disable=protected-access
+  train, train_labels = data_digits.digits(16, "train")
+  test, _ = data_digits.digits(16, "test")
   assert train.shape == (1500, 16, 16, 1) and test.shape == (297, 16, 16, 1)
   assert datasets.num_examples(config, "train") == 1500 and datasets.num_examples(config, "test") == 297
   assert 0.0 <= min(train.min(), test.min()) and max(train.max(), test.max()) <= 1.0
@@ -100,7 +100,7 @@ def test_digits_resume_is_bitwise_across_epoch_boundary():
     _assert_same_batches(_take(datasets.train_iterator(config, start_step=start), 26 - start), reference[start:])
   # One epoch is a permutation of the training set.
   labels = np.concatenate([b["label"] for b in reference])[:1500]
-  _, train_labels = datasets._digits(16, "train")  # pylint: disable=protected-access
+  _, train_labels = data_digits.digits(16, "train")
   np.testing.assert_array_equal(np.bincount(labels), np.bincount(train_labels))
   # Another seed, another order.
   config.seed += 1
@@ -137,7 +137,7 @@ def test_digits_eval_pads_masks_and_repeats():
   batches = list(datasets.eval_iterator(config, batch_size=100))
   assert [int(b["mask"].sum()) for b in batches] == [100, 100, 97]
   assert np.all(batches[-1]["image"][97:] == 0)
-  test, labels = datasets._digits(16, "test")  # pylint: disable=protected-access
+  test, labels = data_digits.digits(16, "test")
   np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches])[:297], test)
   np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[:297], labels)
   # Repeating: passes follow each other, no padding; resumable by start_batch.
@@ -188,7 +188,7 @@ def test_centre_crop_then_resize(crop, height, width):
   top, left = (height - side) // 2, (width - side) // 2
   image = np.zeros((height, width, 3), np.uint8)
   image[top:top + side, left:left + side] = 255  # only the kept square is white
-  out = datasets._tf_to_size(tf, tf.constant(image), crop, 32).numpy()  # pylint: disable=protected-access
+  out = data_preprocessing.tf_to_size(tf, tf.constant(image), crop, 32).numpy()
   assert out.shape == (32, 32, 3)
   np.testing.assert_allclose(out, 1.0, atol=1e-6)
 
@@ -288,10 +288,10 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture
 def tiny(tiny_dir, monkeypatch):
   """A CIFAR10 config whose TFDS source is the tiny set, with 8-example shuffle windows."""
-  sources = dict(datasets._TFDS_SOURCES)  # pylint: disable=protected-access
+  sources = dict(data_sources.TFDS_SOURCES)
   sources["CIFAR10"] = ("score_sde_tiny_images", {"train": "train", "test": "test"}, None, True)
-  monkeypatch.setattr(datasets, "_TFDS_SOURCES", sources)
-  monkeypatch.setattr(datasets, "TFDS_WINDOW", 8)
+  monkeypatch.setattr(data_sources, "TFDS_SOURCES", sources)
+  monkeypatch.setattr(data_sources, "TFDS_WINDOW", 8)
   config = _cifar_config(data_dir=tiny_dir, image_size=6, random_flip=True, uniform_dequantization=True)
   return config
 
@@ -365,7 +365,7 @@ def test_tfrecords_read_back_exactly(tmp_path):
   np.testing.assert_array_equal(got[:7], (images.transpose(0, 2, 3, 1) / 255.0).astype(np.float32))
   assert np.concatenate([b["mask"] for b in batches]).tolist() == [1] * 7 + [0]
   # Seeking by file offsets: every start index gives the tail of the stored order.
-  source = datasets._TFRecordSource(config)  # pylint: disable=protected-access
+  source = data_sources.TFRecordSource(config)
   records = [r["record"] for r in source.read(0).as_numpy_iterator()]
   for start in range(7):
     assert [r["record"] for r in source.read(start).as_numpy_iterator()] == records[start:]
@@ -380,7 +380,7 @@ def test_tfrecords_pick_one_resolution(tmp_path):
   rng = np.random.default_rng(1)
   _write_records(tmp_path / "ffhq-r02.tfrecords", rng.integers(0, 256, (5, 3, 4, 4), dtype=np.uint8))
   _write_records(tmp_path / "ffhq-r03.tfrecords", rng.integers(0, 256, (5, 3, 8, 8), dtype=np.uint8))
-  files = datasets._tfrecord_files(str(tmp_path), 8)  # pylint: disable=protected-access
+  files = data_sources.tfrecord_files(str(tmp_path), 8)
   assert [os.path.basename(f) for f in files] == ["ffhq-r03.tfrecords"]
   assert datasets.num_examples(_ffhq_config(tmp_path, 4), "train") == 5
 
@@ -418,7 +418,7 @@ def test_missing_tfrecords_are_clear_errors(tmp_path):
 def test_truncated_tfrecords_are_reported(tmp_path):
   images = np.zeros((3, 3, 4, 4), np.uint8)
   _write_records(tmp_path / "full.tfrecords", images)
-  assert datasets._count_records(str(tmp_path / "full.tfrecords")) == 3  # pylint: disable=protected-access
+  assert data_sources.count_records(str(tmp_path / "full.tfrecords")) == 3
   (tmp_path / "cut.tfrecords").write_bytes((tmp_path / "full.tfrecords").read_bytes()[:-5])
   with pytest.raises(ValueError, match="truncated after 2 records"):
-    datasets._count_records(str(tmp_path / "cut.tfrecords"))  # pylint: disable=protected-access
+    data_sources.count_records(str(tmp_path / "cut.tfrecords"))

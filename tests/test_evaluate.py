@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs.vp import digits
-from score_sde import evaluate, train
+from score_sde import evaluate, train, train_state
 
 pytestmark = pytest.mark.xdist_group("train")
 
@@ -68,13 +68,13 @@ def test_eval_killed_mid_run_resumes_without_redoing_units_and_gives_the_same_re
 @pytest.mark.parametrize("dequantize", [False, True])
 def test_eval_loss_matches_a_direct_computation(trained, dequantize):
   """On the test split dequantised exactly when training data is (data.uniform_dequantization), as in 2021."""
-  from score_sde import config_checks, datasets, generate, losses, parallel  # pylint: disable=import-outside-toplevel
+  from score_sde import config_checks, datasets, losses, parallel  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   config = tiny_config()
   config.data.uniform_dequantization = dequantize
   report = evaluate.evaluate(config, trained, f"eval_loss_{dequantize}")[20]
   sde, model = config_checks.validate_config(config)
-  _, params = generate.restore_ema_params(config, trained, model, parallel.make_mesh(), step=20)
+  _, params = train_state.restore_ema_params(config, trained, model, parallel.make_mesh(), step=20)
   loss_fn = losses.get_loss_fn_from_config(config, sde, model, train=False)
   scaler = datasets.get_data_scaler(config)
   key = jax.random.PRNGKey(config.seed)

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from score_sde import fast_samplers, sampling
+from score_sde import fast_samplers, ode_sampler, pc_sampler, sampler_utils, sampling
 from tests.test_sampling import B, K_SE, SDES, TAIL, assert_matches_data, identity, mixture_score
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,8 +148,8 @@ def test_convergence_orders(name, method, grid, lo, hi):
   shape = (1024,) + TAIL
   sde = SDES[name]()
   z = sde.prior_sampling(jax.random.PRNGKey(3), shape)
-  exact = sampling.get_ode_sampler(sde, mixture_score(sde), shape, identity, rtol=1e-7, atol=1e-7,
-                                   eps=sde.default_sampling_eps)
+  exact = ode_sampler.get_ode_sampler(sde, mixture_score(sde), shape, identity, rtol=1e-7, atol=1e-7,
+                                      eps=sde.default_sampling_eps)
   x_ref = np.asarray(exact(None, None, z)[0])
   rms = []
   for k in (50, 100):
@@ -311,7 +311,7 @@ def _prior_only(config, sde, score_fn, shape, inverse_scaler, eps, sharding=None
   """A user-defined sampler: one decorated builder. Returns the prior draw, zero evaluations."""
   del config, score_fn, eps
   return jax.jit(lambda rng, params, z=None: (
-      inverse_scaler(sampling.initial_state(sde, rng, shape, z, sharding)), jnp.asarray(0, jnp.int32)))
+      inverse_scaler(sampler_utils.initial_state(sde, rng, shape, z, sharding)), jnp.asarray(0, jnp.int32)))
 
 
 def test_new_sampler_is_one_decorated_function():
@@ -337,7 +337,7 @@ def test_fast_samplers_are_one_compiled_loop():
 # ------------------------------------------------------------------------------------------------ sharding
 _SHARDED_SCRIPT = """
 import jax, jax.numpy as jnp, numpy as np
-from score_sde import fast_samplers, parallel, sampling
+from score_sde import fast_samplers, ode_sampler, parallel, pc_sampler
 from tests.test_sampling import SDES, TAIL, identity, mixture_score
 assert jax.device_count() == 8
 sharding = parallel.batch_sharding(parallel.make_mesh())
@@ -345,9 +345,9 @@ shape = (64,) + TAIL
 sde = SDES["vp"](100)
 score = mixture_score(sde)
 builders = {
-    "pc": lambda s: sampling.get_pc_sampler(sde, score, shape, "reverse_diffusion", "langevin", identity, snr=0.16,
-                                            n_steps=2, sharding=s),
-    "ode": lambda s: sampling.get_ode_sampler(sde, score, shape, identity, sharding=s),
+    "pc": lambda s: pc_sampler.get_pc_sampler(sde, score, shape, "reverse_diffusion", "langevin", identity, snr=0.16,
+                                              n_steps=2, sharding=s),
+    "ode": lambda s: ode_sampler.get_ode_sampler(sde, score, shape, identity, sharding=s),
     "ddim": lambda s: fast_samplers.get_ddim_sampler(sde, score, shape, identity, num_steps=10, eta=1.0, sharding=s),
     "heun": lambda s: fast_samplers.get_heun_sampler(sde, score, shape, identity, num_steps=10, sharding=s),
 }

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from score_sde import datasets, likelihood, sampling, sde_lib
+from score_sde import datasets, flow, likelihood, sde_lib
 from tests import score_oracles
 
 TAIL = (1, 1, 4)
@@ -110,7 +110,7 @@ def test_rademacher_bpd_latent_and_nfe():
   jax.effects_barrier()
   assert int(nfe) == len(counter) > 20, (int(nfe), len(counter))
   check_gaussian_outputs(sde, x, bpd, z)
-  z_enc, _ = sampling.get_ode_encoder(sde, base, eps=EPS)(None, to_batch(x))
+  z_enc, _ = flow.get_ode_encoder(sde, base, eps=EPS)(None, to_batch(x))
   np.testing.assert_allclose(np.asarray(z), np.asarray(z_enc), rtol=0, atol=1e-3)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from score_sde import checkpointing, losses, pretrained
+from score_sde import checkpointing, losses, pretrained, pretrained_layout
 from score_sde.models import utils as mutils
 from tests import reference_data
 
@@ -87,7 +87,7 @@ def write_2021(path, state):
 def _write_pth(path, config, params, ema, mu, nu, step):
   """A score_sde_pytorch checkpoint: DataParallel state dict, EMA shadow list, torch Adam state."""
   layout = pretrained.torch_layout(config)
-  flat = lambda tree: {p: np.asarray(v) for p, v in pretrained._flat(tree).items()}  # pylint: disable=protected-access
+  flat = lambda tree: {p: np.asarray(v) for p, v in pretrained_layout.flat_params(tree).items()}
   fp, fe, fm, fn = flat(params), flat(ema), flat(mu), flat(nu)
   tt = lambda a, kind: torch.from_numpy(np.ascontiguousarray(pretrained.to_torch_layout(a, kind)))
   model_sd = {name: tt(fp[fpath], kind) for name, fpath, _, _, kind in layout}
@@ -109,7 +109,7 @@ def _trees(config):
   _, abstract, _ = pretrained.abstract_params(config)
   params, ema, mu, nu = (_random(abstract, s) for s in range(4))
   nu = jax.tree_util.tree_map(np.abs, nu)
-  fixed = [p for p, _ in pretrained._flat(abstract).items() if p[0].startswith("GaussianFourier")]  # pylint: disable=protected-access
+  fixed = [p for p, _ in pretrained_layout.flat_params(abstract).items() if p[0].startswith("GaussianFourier")]
   if fixed:  # W is fixed: the same in params and EMA, and without Adam moments in torch
     ema = jax.tree_util.tree_map(lambda x: x, ema)
     ema["GaussianFourierProjection_0"]["W"] = params["GaussianFourierProjection_0"]["W"]
@@ -142,7 +142,7 @@ def test_roundtrip_same_outputs(tmp_path, name, fmt):
           if hasattr(s, "mu")][0]
   assert int(adam.count) == 1234
   for got, want in ((adam.mu, mu), (adam.nu, nu)):
-    for (p, g), w in zip(pretrained._flat(got).items(), pretrained._flat(want).values()):  # pylint: disable=protected-access
+    for (p, g), w in zip(pretrained_layout.flat_params(got).items(), pretrained_layout.flat_params(want).values()):
       np.testing.assert_array_equal(np.asarray(g), w, err_msg=str(p))
   # The state trains on: its structure is that of a fresh TrainState of this config.
   fresh = jax.eval_shape(lambda p: losses.create_train_state(p, losses.get_optimizer(config.optim)),

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from configs.vp import digits
-from score_sde import checkpointing, generate, train
+from score_sde import checkpointing, generate, train, train_state
 
 
 def tiny_config():
@@ -25,7 +25,7 @@ def _round_floats(config, workdir, r):
   from score_sde.models import utils as mutils  # pylint: disable=import-outside-toplevel
   sde, model = config_checks.validate_config(config)
   mesh = parallel.make_mesh()
-  _, params = generate.restore_ema_params(config, workdir, model, mesh)
+  _, params = train_state.restore_ema_params(config, workdir, model, mesh)
   shape = (config.eval.batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
   sampler = sampling.get_sampling_fn(config, sde, mutils.get_score_fn(sde, model, continuous=True), shape,
                                      datasets.get_data_inverse_scaler(config), sde.default_sampling_eps,

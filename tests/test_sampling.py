@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from score_sde import sampling, sde_lib
+from score_sde import correctors, flow, ode_sampler, pc_sampler, predictors, sampling, sde_lib
 from tests import score_oracles
 
 # ------------------------------------------------------------------------------------------------ the data law
@@ -145,11 +145,11 @@ PC_CASES = [
 
 @pytest.mark.parametrize("case", PC_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}{'-flow' if c[3] else ''}")
 def test_pc_sampler_reproduces_data(case):
-  name, predictor, corrector, flow, n, n_steps, snr, allow = case
+  name, predictor, corrector, use_flow, n, n_steps, snr, allow = case
   sde = SDES[name](n)
-  sampler = sampling.get_pc_sampler(sde, mixture_score(sde), (B,) + TAIL, predictor, corrector, identity,
-                                    snr=snr, n_steps=n_steps, probability_flow=flow,
-                                    eps=sde.default_sampling_eps)
+  sampler = pc_sampler.get_pc_sampler(sde, mixture_score(sde), (B,) + TAIL, predictor, corrector, identity,
+                                      snr=snr, n_steps=n_steps, probability_flow=use_flow,
+                                      eps=sde.default_sampling_eps)
   x, nfe = sampler(jax.random.PRNGKey(0), None)
   assert x.shape == (B,) + TAIL
   # NFE counts actual score evaluations: 0 for 'none' (the 2021 code reported N (n_steps + 1) regardless).
@@ -162,10 +162,10 @@ def test_denoise_returns_the_last_mean_and_scaler_is_applied():
   sde = SDES["ve"](50)
   kwargs = dict(snr=0.16, eps=1e-5)
   shape = (64,) + TAIL
-  noisy = sampling.get_pc_sampler(sde, mixture_score(sde), shape, "reverse_diffusion", "none", identity,
-                                  denoise=False, **kwargs)
-  clean = sampling.get_pc_sampler(sde, mixture_score(sde), shape, "reverse_diffusion", "none",
-                                  lambda x: 2 * x + 1, denoise=True, **kwargs)
+  noisy = pc_sampler.get_pc_sampler(sde, mixture_score(sde), shape, "reverse_diffusion", "none", identity,
+                                    denoise=False, **kwargs)
+  clean = pc_sampler.get_pc_sampler(sde, mixture_score(sde), shape, "reverse_diffusion", "none",
+                                    lambda x: 2 * x + 1, denoise=True, **kwargs)
   rng = jax.random.PRNGKey(5)
   x_noisy, _ = noisy(rng, None)
   x_clean, _ = clean(rng, None)
@@ -219,8 +219,8 @@ def test_euler_maruyama_has_weak_order_one():
   errors = []
   for n in ns:
     sde = SDES["vp"](int(n))
-    sampler = sampling.get_pc_sampler(sde, gauss(sde), (n_samples,) + TAIL, "euler_maruyama", "none",
-                                      identity, snr=0.0, eps=0.0, denoise=False)
+    sampler = pc_sampler.get_pc_sampler(sde, gauss(sde), (n_samples,) + TAIL, "euler_maruyama", "none",
+                                        identity, snr=0.0, eps=0.0, denoise=False)
     x = np.asarray(sampler(jax.random.PRNGKey(int(n)), None)[0], np.float64).ravel()
     m, v = x.mean(), x.var()
     se_m, se_v = np.sqrt(v / x.size), v * np.sqrt(2.0 / x.size)
@@ -244,13 +244,13 @@ def test_probability_flow_converges_at_first_order(name):
   shape = (2048,) + TAIL
   sde = SDES[name]()
   z = sde.prior_sampling(jax.random.PRNGKey(3), shape)
-  ode = sampling.get_ode_sampler(sde, mixture_score(sde), shape, identity, rtol=1e-6, atol=1e-6, eps=1e-5)
+  ode = ode_sampler.get_ode_sampler(sde, mixture_score(sde), shape, identity, rtol=1e-6, atol=1e-6, eps=1e-5)
   x_ref = np.asarray(ode(None, None, z)[0])
   rms = []
   for n in (250, 500):
     sde_n = SDES[name](n)
-    pc = sampling.get_pc_sampler(sde_n, mixture_score(sde_n), shape, "reverse_diffusion", "none", identity,
-                                 snr=0.0, probability_flow=True, eps=1e-5)
+    pc = pc_sampler.get_pc_sampler(sde_n, mixture_score(sde_n), shape, "reverse_diffusion", "none", identity,
+                                   snr=0.0, probability_flow=True, eps=1e-5)
     x = np.asarray(pc(jax.random.PRNGKey(0), None, z)[0])
     rms.append(np.sqrt(np.mean((x - x_ref) ** 2, axis=0)).ravel())
   ratio = rms[0] / rms[1]
@@ -262,8 +262,8 @@ def test_probability_flow_converges_at_first_order(name):
 @pytest.mark.parametrize("name", sorted(SDES))
 def test_ode_sampler_reproduces_data(name):
   sde = SDES[name]()
-  sampler = sampling.get_ode_sampler(sde, mixture_score(sde), (B,) + TAIL, identity,
-                                     eps=sde.default_sampling_eps)
+  sampler = ode_sampler.get_ode_sampler(sde, mixture_score(sde), (B,) + TAIL, identity,
+                                        eps=sde.default_sampling_eps)
   x, nfe = sampler(jax.random.PRNGKey(1), None)
   # The flow is solved to 1e-5: only the Monte Carlo error and the stop at eps remain; allow 1% variance.
   assert_matches_data(x, var_allow=0.01, what=name)
@@ -276,8 +276,8 @@ def test_ode_encode_decode_round_trip():
   sde = SDES["vp"]()
   score = mixture_score(sde)
   x = sample_data(jax.random.PRNGKey(7), 4096)
-  encode = sampling.get_ode_encoder(sde, score, eps=1e-3)
-  decode = sampling.get_ode_sampler(sde, score, x.shape, identity, eps=1e-3)
+  encode = flow.get_ode_encoder(sde, score, eps=1e-3)
+  decode = ode_sampler.get_ode_sampler(sde, score, x.shape, identity, eps=1e-3)
   z, nfe_enc = encode(None, x)
   x_back, nfe_dec = decode(None, None, z)
   err = np.abs(np.asarray(x_back - x)).reshape(-1, 4)
@@ -293,14 +293,14 @@ def test_ode_encode_decode_round_trip():
   assert int(nfe_enc) > 30 and int(nfe_dec) > 30
 
 
-@pytest.mark.parametrize("method", sorted(sampling._ODE_METHODS))  # pylint: disable=protected-access
+@pytest.mark.parametrize("method", flow.solver_names())
 def test_ode_nfe_formula_matches_an_explicit_count(method):
   """The NFE reported from diffrax's step statistics equals the number of drift evaluations, counted with a
   host callback (used only here)."""
   sde = SDES["vp"]()
   counted, counter = score_oracles.counting(mixture_score(sde))
 
-  sampler = sampling.get_ode_sampler(sde, counted, (8,) + TAIL, identity, method=method, rtol=1e-4, atol=1e-4)
+  sampler = ode_sampler.get_ode_sampler(sde, counted, (8,) + TAIL, identity, method=method, rtol=1e-4, atol=1e-4)
   _, nfe = sampler(jax.random.PRNGKey(0), None)
   jax.effects_barrier()
   assert int(nfe) == len(counter) > 0
@@ -313,8 +313,8 @@ def test_ode_sampler_agrees_with_scipy_rk45():
   gauss = mixture_score(sde, w1=np.full(4, 0.5), mu=np.stack([MU[0]] * 4), sd=np.stack([SD[0]] * 4))
   shape = (256,) + TAIL
   z = sde.prior_sampling(jax.random.PRNGKey(11), shape)
-  x_jax, nfe_jax = sampling.get_ode_sampler(sde, gauss, shape, identity)(None, None, z)
-  scipy_sampler = sampling.get_ode_sampler(sde, gauss, shape, identity, method="scipy_rk45")
+  x_jax, nfe_jax = ode_sampler.get_ode_sampler(sde, gauss, shape, identity)(None, None, z)
+  scipy_sampler = ode_sampler.get_ode_sampler(sde, gauss, shape, identity, method="scipy_rk45")
   x_np, nfe_np = scipy_sampler(None, None, z)
   np.testing.assert_allclose(np.asarray(x_jax), np.asarray(x_np), atol=1e-3)
   assert isinstance(nfe_np, int)
@@ -331,8 +331,8 @@ def test_ode_denoise_is_one_reverse_diffusion_mean_step():
   score = mixture_score(sde)
   shape = (32,) + TAIL
   z = sde.prior_sampling(jax.random.PRNGKey(2), shape)
-  x_raw, n1 = sampling.get_ode_sampler(sde, score, shape, identity, eps=1e-5)(None, None, z)
-  x_den, n2 = sampling.get_ode_sampler(sde, score, shape, identity, denoise=True, eps=1e-5)(None, None, z)
+  x_raw, n1 = ode_sampler.get_ode_sampler(sde, score, shape, identity, eps=1e-5)(None, None, z)
+  x_den, n2 = ode_sampler.get_ode_sampler(sde, score, shape, identity, denoise=True, eps=1e-5)(None, None, z)
   t = jnp.full((shape[0],), 1e-5)
   i = 0  # floor(1e-5 * 999) = 0: the step from sigma_min to sigma_{-1} = 0
   expected = x_raw + sde.discrete_sigmas[i] ** 2 * score(None, x_raw, t)
@@ -341,8 +341,8 @@ def test_ode_denoise_is_one_reverse_diffusion_mean_step():
 
 
 # ------------------------------------------------------------------------------------------------ registries
-@sampling.register_predictor(name="test_heun_flow")
-class HeunFlowPredictor(sampling.Predictor):
+@predictors.register_predictor(name="test_heun_flow")
+class HeunFlowPredictor(predictors.Predictor):
   """A user-defined predictor: Heun's (second-order) step of the probability flow on the sampler's grid,
   linspace(T, EPS, N), finishing at t = 0. Two score evaluations per step."""
 
@@ -350,28 +350,28 @@ class HeunFlowPredictor(sampling.Predictor):
   EPS = 1e-5
 
   def update_fn(self, rng, params, x, t):
-    flow = self.sde.reverse(lambda y, s: self.score_fn(params, y, s), probability_flow=True)
+    rev = self.sde.reverse(lambda y, s: self.score_fn(params, y, s), probability_flow=True)
     h = (self.sde.T - self.EPS) / (self.sde.N - 1)
     dt = -jnp.minimum(h, t)  # the last step (t = EPS) goes to 0
-    k1 = flow.sde(x, t)[0]
-    k2 = flow.sde(x + k1 * dt[:, None, None, None], t + dt)[0]
+    k1 = rev.sde(x, t)[0]
+    k2 = rev.sde(x + k1 * dt[:, None, None, None], t + dt)[0]
     x = x + 0.5 * (k1 + k2) * dt[:, None, None, None]
     return x, x
 
 
 def test_new_predictor_is_one_decorated_class():
-  assert "test_heun_flow" in sampling.registered_predictors()
-  assert sampling.get_predictor("test_heun_flow") is HeunFlowPredictor
-  assert sampling.get_predictor(HeunFlowPredictor) is HeunFlowPredictor
+  assert "test_heun_flow" in predictors.registered_predictors()
+  assert predictors.get_predictor("test_heun_flow") is HeunFlowPredictor
+  assert predictors.get_predictor(HeunFlowPredictor) is HeunFlowPredictor
   sde = SDES["vp"](100)
   shape = (1024,) + TAIL
   z = sde.prior_sampling(jax.random.PRNGKey(4), shape)
-  x_ref = sampling.get_ode_sampler(sde, mixture_score(sde), shape, identity, rtol=1e-6, atol=1e-6,
-                                   eps=0.0)(None, None, z)[0]
+  x_ref = ode_sampler.get_ode_sampler(sde, mixture_score(sde), shape, identity, rtol=1e-6, atol=1e-6,
+                                      eps=0.0)(None, None, z)[0]
   errs = {}
   for predictor in ("test_heun_flow", HeunFlowPredictor, "reverse_diffusion"):
-    sampler = sampling.get_pc_sampler(sde, mixture_score(sde), shape, predictor, "none", identity, snr=0.0,
-                                      probability_flow=True, eps=HeunFlowPredictor.EPS)
+    sampler = pc_sampler.get_pc_sampler(sde, mixture_score(sde), shape, predictor, "none", identity, snr=0.0,
+                                        probability_flow=True, eps=HeunFlowPredictor.EPS)
     x, nfe = sampler(jax.random.PRNGKey(0), None, z)
     assert int(nfe) == 100 * (1 if predictor == "reverse_diffusion" else 2)
     errs[predictor if isinstance(predictor, str) else "class"] = float(jnp.sqrt(jnp.mean((x - x_ref) ** 2)))
@@ -383,33 +383,33 @@ def test_new_predictor_is_one_decorated_class():
 
 def test_registry_errors_are_clear():
   with pytest.raises(ValueError, match=r"sampling\.predictor.*euler_maruyama"):
-    sampling.get_predictor("euler")
+    predictors.get_predictor("euler")
   with pytest.raises(ValueError, match=r"sampling\.corrector.*langevin"):
-    sampling.get_corrector("langevine")
+    correctors.get_corrector("langevine")
   sde = SDES["vp"](50)
   with pytest.raises(ValueError, match=r"sampling\.predictor"):
-    sampling.get_pc_sampler(sde, mixture_score(sde), (4,) + TAIL, "nope", "none", identity, snr=0.1)
+    pc_sampler.get_pc_sampler(sde, mixture_score(sde), (4,) + TAIL, "nope", "none", identity, snr=0.1)
   with pytest.raises(ValueError, match=r"sampling\.corrector"):
-    sampling.get_pc_sampler(sde, mixture_score(sde), (4,) + TAIL, "none", "nope", identity, snr=0.1)
+    pc_sampler.get_pc_sampler(sde, mixture_score(sde), (4,) + TAIL, "none", "nope", identity, snr=0.1)
   with pytest.raises(ValueError, match="already registered"):
-    sampling.register_predictor(name="euler_maruyama")(HeunFlowPredictor)
+    predictors.register_predictor(name="euler_maruyama")(HeunFlowPredictor)
   with pytest.raises(TypeError):
-    sampling.register_corrector(name="not_a_corrector")(HeunFlowPredictor)
+    correctors.register_corrector(name="not_a_corrector")(HeunFlowPredictor)
   with pytest.raises(ValueError, match="dopri5"):
-    sampling.get_ode_sampler(sde, mixture_score(sde), (4,) + TAIL, identity, method="rk4")
+    ode_sampler.get_ode_sampler(sde, mixture_score(sde), (4,) + TAIL, identity, method="rk4")
   with pytest.raises(ValueError, match="dopri5"):
-    sampling.get_ode_encoder(sde, mixture_score(sde), method="rk4")
+    flow.get_ode_encoder(sde, mixture_score(sde), method="rk4")
 
 
 def test_ancestral_sampling_refuses_what_it_cannot_do():
   sub = SDES["subvp"](50)
   with pytest.raises(ValueError, match="subVPSDE"):
-    sampling.get_pc_sampler(sub, mixture_score(sub), (4,) + TAIL, "ancestral_sampling", "none", identity,
-                            snr=0.1)
+    pc_sampler.get_pc_sampler(sub, mixture_score(sub), (4,) + TAIL, "ancestral_sampling", "none", identity,
+                              snr=0.1)
   vp = SDES["vp"](50)
   with pytest.raises(ValueError, match="probability"):
-    sampling.get_pc_sampler(vp, mixture_score(vp), (4,) + TAIL, "ancestral_sampling", "none", identity,
-                            snr=0.1, probability_flow=True)
+    pc_sampler.get_pc_sampler(vp, mixture_score(vp), (4,) + TAIL, "ancestral_sampling", "none", identity,
+                              snr=0.1, probability_flow=True)
 
 
 def test_langevin_alpha_per_sde():
@@ -425,7 +425,7 @@ def test_langevin_step_uses_batch_averaged_norms():
   """One Langevin step by hand: eps = 2 alpha (snr mean_b|z_b| / mean_b|s_b|)^2 with the same noise."""
   sde = SDES["vp"]()
   score = mixture_score(sde)
-  corrector = sampling.get_corrector("langevin")(sde, score, snr=0.2, n_steps=1)
+  corrector = correctors.get_corrector("langevin")(sde, score, snr=0.2, n_steps=1)
   x = sample_data(jax.random.PRNGKey(1), 16)
   t = jnp.full((16,), 0.3)
   rng = jax.random.PRNGKey(9)
@@ -485,9 +485,9 @@ def test_one_step_matches_the_published_update(kind, sde_name, step_name):
   t = jnp.array([1.0, 0.7, 0.31, 0.05, 2e-3, 1e-5])  # includes the i = 0 step (sigma_{-1} = 0)
   rng = jax.random.PRNGKey(8)
   if kind.startswith("ald"):
-    step = sampling.get_corrector(step_name)(sde, score, snr=0.3, n_steps=1)
+    step = correctors.get_corrector(step_name)(sde, score, snr=0.3, n_steps=1)
   else:
-    step = sampling.get_predictor(step_name)(sde, score, probability_flow=False)
+    step = predictors.get_predictor(step_name)(sde, score, probability_flow=False)
   x_new, x_mean = step.update_fn(rng, None, x, t)
   want_x, want_mean = _one_step_by_hand(kind, sde, score, x, t, rng)
   np.testing.assert_allclose(np.asarray(x_mean), want_mean, rtol=2e-5, atol=2e-6)
@@ -497,12 +497,12 @@ def test_one_step_matches_the_published_update(kind, sde_name, step_name):
 _SHARDED_SCRIPT = """
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from score_sde import sampling, sde_lib
+from score_sde import correctors, sde_lib
 assert jax.device_count() == 2
 sde = sde_lib.VESDE()
 var = lambda t: sde.marginal_prob(jnp.zeros(t.shape), t)[1][:, None, None, None] ** 2
 score = lambda params, x, t, rng=None: -x * jnp.arange(1, x.shape[0] + 1)[:, None, None, None] / var(t)
-corr = sampling.get_corrector("langevin")(sde, score, snr=0.16, n_steps=3)
+corr = correctors.get_corrector("langevin")(sde, score, snr=0.16, n_steps=3)
 x = jax.random.normal(jax.random.PRNGKey(0), (8, 1, 1, 4))
 t = jnp.full((8,), 0.4)
 step = jax.jit(lambda x: corr.update_fn(jax.random.PRNGKey(1), None, x, t))
@@ -563,8 +563,8 @@ def test_pc_sampler_is_one_compiled_loop():
   programs = []
   for n in (50, 1000):
     sde = SDES["vp"](n)
-    sampler = sampling.get_pc_sampler(sde, mixture_score(sde), (4,) + TAIL, "reverse_diffusion", "langevin",
-                                      identity, snr=0.16)
+    sampler = pc_sampler.get_pc_sampler(sde, mixture_score(sde), (4,) + TAIL, "reverse_diffusion", "langevin",
+                                        identity, snr=0.16)
     text = sampler.lower(jax.random.PRNGKey(0), {"w": jnp.ones(3)}).as_text()
     programs.append((text.count("stablehlo.while"), len(text.splitlines())))
   assert programs[0] == programs[1] and programs[0][0] >= 1, programs

@@ -5,7 +5,8 @@ Dense_0, Dense_1 (time embedding, if conditional), Conv_0, then per resolution l
 ResnetBlockDDPM (+ AttnBlock at `attn_resolutions`) and a Downsample; a middle ResnetBlock-AttnBlock-
 ResnetBlock; per level on the way up `num_res_blocks + 1` ResnetBlocks on concatenated skips, **one**
 AttnBlock after them (the 2021 code's placement; the DDPM paper puts one after every block) and an Upsample;
-finally GroupNorm_0, act and Conv_1 (initialised at zero scale).
+finally GroupNorm_0, act and Conv_1 (initialised at zero scale). The `ops` field (`ops.Ops`, default the
+pure-JAX `ops.XLA`) says how the convs and dropout compute; it changes no parameter.
 """
 from typing import Tuple
 
@@ -13,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from score_sde.models import layers
+from score_sde.models import ops as ops_lib
 from score_sde.models import utils
 
 GROUPS = 32  # DDPM's GroupNorm group count: every feature width must be a multiple of it.
@@ -34,6 +36,7 @@ class DDPM(nn.Module):
   sigma_min: float = 0.01
   sigma_max: float = 50.0
   num_scales: int = 1000
+  ops: ops_lib.Ops = ops_lib.XLA
 
   @classmethod
   def from_config(cls, config):
@@ -55,10 +58,10 @@ class DDPM(nn.Module):
     check_input(x, len(self.ch_mult))
     act = layers.get_act(self.nonlinearity)
     temb = self._time_embedding(labels, act) if self.conditional else None
-    resblock = lambda out_ch=None: layers.ResnetBlockDDPM(act=act, out_ch=out_ch, dropout=self.dropout)
+    resblock = lambda out_ch=None: layers.ResnetBlockDDPM(act=act, out_ch=out_ch, dropout=self.dropout, ops=self.ops)
 
     h = layers.rescale_to_model_range(x, self.centered)
-    hs = [layers.ddpm_conv3x3(h, self.nf)]
+    hs = [layers.ddpm_conv3x3(h, self.nf, ops=self.ops)]
     num_levels = len(self.ch_mult)
     for level, mult in enumerate(self.ch_mult):
       for _ in range(self.num_res_blocks):
@@ -67,7 +70,7 @@ class DDPM(nn.Module):
           h = layers.AttnBlock()(h)
         hs.append(h)
       if level != num_levels - 1:
-        hs.append(layers.Downsample(with_conv=self.resamp_with_conv)(hs[-1]))
+        hs.append(layers.Downsample(with_conv=self.resamp_with_conv, ops=self.ops)(hs[-1]))
 
     h = hs[-1]
     h = resblock()(h, temb, train)
@@ -80,11 +83,11 @@ class DDPM(nn.Module):
       if h.shape[1] in self.attn_resolutions:  # once per level, after its blocks (2021 placement)
         h = layers.AttnBlock()(h)
       if level != 0:
-        h = layers.Upsample(with_conv=self.resamp_with_conv)(h)
+        h = layers.Upsample(with_conv=self.resamp_with_conv, ops=self.ops)(h)
     assert not hs, "every skip connection must be consumed"
 
     h = act(layers.ddpm_group_norm()(h))
-    h = layers.ddpm_conv3x3(h, x.shape[-1], init_scale=0.0)
+    h = layers.ddpm_conv3x3(h, x.shape[-1], init_scale=0.0, ops=self.ops)
     if self.scale_by_sigma:
       h = h / self._sigmas_at(labels)
     return h

@@ -2,7 +2,8 @@
 
 Module and parameter names matter: each block creates its submodules in the same order as the 2021 Flax
 code, so Flax's automatic names (`GroupNorm_0`, `Conv_0`, `Dense_0`, ...) match the published checkpoints.
-GroupNorm everywhere uses min(C // 4, 32) groups and eps 1e-6.
+GroupNorm everywhere uses min(C // 4, 32) groups and eps 1e-6. Every block that makes a conv, GroupNorm or
+dropout computes it with its `ops` field (`ops.Ops`, default the pure-JAX `ops.XLA`), passed down from NCSNpp.
 """
 from typing import Any, Callable, Optional, Sequence
 
@@ -12,72 +13,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde.models import layers
-from score_sde.models import native_norm
+from score_sde.models import ops as ops_lib
 from score_sde.models import up_or_down_sampling as updown
 
 conv1x1 = layers.ddpm_conv1x1
 conv3x3 = layers.ddpm_conv3x3
 
 
-class GroupNorm(nn.Module):
-  """`flax.linen.GroupNorm`'s parameters (`scale`, `bias`) and result, followed by `act` ('none' or 'silu')
-  and, given a mask, dropout with `keep_prob`, computed as one native call per pass (`native_norm.py`). Its
-  class name makes Flax number it `GroupNorm_k` in the same sequence as `nn.GroupNorm`, so either module
-  fills the same checkpoint slot."""
-  num_groups: int
-  epsilon: float
-  act: str = "none"
-  keep_prob: float = 1.0
-
-  @nn.compact
-  def __call__(self, x, shift=None, keep=None):
-    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
-    bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
-    return native_norm.group_norm(x, scale, bias, self.num_groups, self.epsilon, self.act, shift, keep,
-                                  self.keep_prob)
-
-
 def _groups(channels):
   return min(channels // 4, 32)
 
 
-def _native_act(x, act):
-  """The native kernel's name for `act` ('silu' or 'none') when act(GroupNorm(x)) runs natively here: in the
-  CPU train step (`layers.conv_impl("onednn")`), float32, SiLU or no activation. None otherwise."""
-  if layers.native_kernels_active() and x.dtype == jnp.float32 and act in (None, nn.swish):
-    return "none" if act is None else "silu"
-  return None
+def group_norm(x, act=None, ops=ops_lib.XLA):
+  """act(GroupNorm(x)) as NCSN++ uses it (`act` None: no activation), computed by `ops.group_norm_act`;
+  creates one `GroupNorm_k` in the caller's scope."""
+  return ops.group_norm_act(x, _groups(x.shape[-1]), act)
 
 
-def group_norm(x, act=None):
-  """act(GroupNorm(x)) as NCSN++ uses it (`act` None: no activation); creates one `GroupNorm_k` in the
-  caller's scope. Natively (see `_native_act`) it is one call per pass, where XLA:CPU spends 5-8 thunks."""
-  if _native_act(x, act):
-    return GroupNorm(_groups(x.shape[-1]), 1e-6, _native_act(x, act))(x)
-  y = nn.GroupNorm(num_groups=_groups(x.shape[-1]), epsilon=1e-6)(x)
-  return y if act is None else act(y)
-
-
-def conv_temb_norm(h, temb, act, out_ch, dropout=None, train=True):
-  """dropout(act(GroupNorm(conv3x3(h) + Dense(act(temb))))) as the residual blocks compute it; creates `Conv_k`,
-  `Dense_k` (when temb is given) and `GroupNorm_k` in the caller's scope, in that order; `dropout` is the
-  caller's `layers.Dropout` module or None. Natively (the CPU train step) it is one GroupNorm call per pass:
-  the conv's bias and the time-embedding projection enter it as one (N, C) shift, and the dropout mask (the
-  module's own, from its rng stream) is applied inside; no passes over h to add or mask, and no reductions over
-  h for the bias and embedding gradients."""
-  native = _native_act(h, act) and (dropout is None or dropout.rate < 1.0)
-  if not native:
-    h = conv3x3(h, out_ch)
-    h = _add_temb(h, temb, act, out_ch)
-    h = group_norm(h, act)
-    return h if dropout is None else dropout(h, deterministic=not train)
-  h, conv_bias = layers.Conv(out_ch)(h)
-  shift = jnp.broadcast_to(conv_bias, (h.shape[0], out_ch))
-  if temb is not None:
-    shift = shift + nn.Dense(out_ch, kernel_init=layers.default_init())(act(temb))
-  keep = None if dropout is None else dropout.keep_mask(h.shape, deterministic=not train)
-  keep_prob = 1.0 if keep is None else 1.0 - dropout.rate
-  return GroupNorm(_groups(out_ch), 1e-6, _native_act(h, act), keep_prob)(h, shift, keep)
+def conv_temb_norm(h, temb, act, out_ch, dropout=None, train=True, ops=ops_lib.XLA):
+  """dropout(act(GroupNorm(conv3x3(h) + Dense(act(temb))))) as the residual blocks compute it, by
+  `ops.conv_temb_norm`; creates `Conv_k`, `Dense_k` (when temb is given) and `GroupNorm_k` in the caller's
+  scope, in that order; `dropout` is the caller's `ops.dropout` module or None."""
+  return ops.conv_temb_norm(h, temb, act, out_ch, _groups(out_ch), dropout, train)
 
 
 def skip_sum(x, h, skip_rescale):
@@ -102,10 +59,11 @@ class GaussianFourierProjection(nn.Module):
 class Combine(nn.Module):
   """Merges an input-pyramid image `x` into features `y`: 1x1 conv of x to y's width, then sum or concat."""
   method: str = "cat"
+  ops: ops_lib.Ops = ops_lib.XLA
 
   @nn.compact
   def __call__(self, x, y):
-    h = conv1x1(x, y.shape[-1])
+    h = conv1x1(x, y.shape[-1], ops=self.ops)
     if self.method == "cat":
       return jnp.concatenate([h, y], axis=-1)
     if self.method == "sum":
@@ -117,11 +75,12 @@ class AttnBlockpp(nn.Module):
   """Single-head self-attention over all pixels (q, k, v and output are NINs), with a residual."""
   skip_rescale: bool = False
   init_scale: float = 0.0
+  ops: ops_lib.Ops = ops_lib.XLA
 
   @nn.compact
   def __call__(self, x):
     b, height, width, c = x.shape
-    h = group_norm(x)
+    h = group_norm(x, ops=self.ops)
     q = layers.NIN(c)(h)
     k = layers.NIN(c)(h)
     v = layers.NIN(c)(h)
@@ -139,6 +98,7 @@ class Upsample(nn.Module):
   with_conv: bool = False
   fir: bool = False
   fir_kernel: Sequence[int] = (1, 3, 3, 1)
+  ops: ops_lib.Ops = ops_lib.XLA
 
   @nn.compact
   def __call__(self, x):
@@ -146,7 +106,7 @@ class Upsample(nn.Module):
     if not self.fir:
       h = updown.naive_upsample_2d(x, factor=2)
       if self.with_conv:
-        h = conv3x3(h, out_ch)
+        h = conv3x3(h, out_ch, ops=self.ops)
       return h
     if not self.with_conv:
       return updown.upsample_2d(x, self.fir_kernel, factor=2)
@@ -160,6 +120,7 @@ class Downsample(nn.Module):
   with_conv: bool = False
   fir: bool = False
   fir_kernel: Sequence[int] = (1, 3, 3, 1)
+  ops: ops_lib.Ops = ops_lib.XLA
 
   @nn.compact
   def __call__(self, x):
@@ -167,20 +128,12 @@ class Downsample(nn.Module):
     if not self.fir:
       if self.with_conv:
         # TF-style 'SAME' with stride 2 pads right/bottom only, as the DDPM code does.
-        return conv3x3(x, out_ch, stride=2)
+        return conv3x3(x, out_ch, stride=2, ops=self.ops)
       return updown.naive_downsample_2d(x, factor=2)
     if not self.with_conv:
       return updown.downsample_2d(x, self.fir_kernel, factor=2)
     return updown.Conv2d(out_ch, kernel=3, down=True, resample_kernel=self.fir_kernel, use_bias=True,
                          kernel_init=layers.default_init())(x)
-
-
-def _add_temb(h, temb, act, out_ch):
-  """Adds a per-channel projection of the (activated) time embedding; creates `Dense_0` when temb is given."""
-  if temb is None:
-    return h
-  proj = nn.Dense(out_ch, kernel_init=layers.default_init())(act(temb))
-  return h + proj[:, None, None, :]
 
 
 class ResnetBlockDDPMpp(nn.Module):
@@ -191,16 +144,17 @@ class ResnetBlockDDPMpp(nn.Module):
   dropout: float = 0.1
   skip_rescale: bool = False
   init_scale: float = 0.0
+  ops: ops_lib.Ops = ops_lib.XLA
 
   @nn.compact
   def __call__(self, x, temb=None, train=True):
     c = x.shape[-1]
     out_ch = self.out_ch if self.out_ch else c
-    h = group_norm(x, self.act)
-    h = conv_temb_norm(h, temb, self.act, out_ch, layers.Dropout(self.dropout), train)
-    h = conv3x3(h, out_ch, init_scale=self.init_scale)
+    h = group_norm(x, self.act, ops=self.ops)
+    h = conv_temb_norm(h, temb, self.act, out_ch, self.ops.dropout(self.dropout), train, ops=self.ops)
+    h = conv3x3(h, out_ch, init_scale=self.init_scale, ops=self.ops)
     if c != out_ch:
-      x = conv3x3(x, out_ch) if self.conv_shortcut else layers.NIN(out_ch)(x)
+      x = conv3x3(x, out_ch, ops=self.ops) if self.conv_shortcut else layers.NIN(out_ch)(x)
     return skip_sum(x, h, self.skip_rescale)
 
 
@@ -215,6 +169,7 @@ class ResnetBlockBigGANpp(nn.Module):
   fir_kernel: Sequence[int] = (1, 3, 3, 1)
   skip_rescale: bool = True
   init_scale: float = 0.0
+  ops: ops_lib.Ops = ops_lib.XLA
 
   def _resample(self, x):
     if self.up:
@@ -233,11 +188,11 @@ class ResnetBlockBigGANpp(nn.Module):
       raise ValueError("ResnetBlockBigGANpp cannot both upsample and downsample.")
     c = x.shape[-1]
     out_ch = self.out_ch if self.out_ch else c
-    h = group_norm(x, self.act)
+    h = group_norm(x, self.act, ops=self.ops)
     h = self._resample(h)
     x = self._resample(x)
-    h = conv_temb_norm(h, temb, self.act, out_ch, layers.Dropout(self.dropout), train)
-    h = conv3x3(h, out_ch, init_scale=self.init_scale)
+    h = conv_temb_norm(h, temb, self.act, out_ch, self.ops.dropout(self.dropout), train, ops=self.ops)
+    h = conv3x3(h, out_ch, init_scale=self.init_scale, ops=self.ops)
     if c != out_ch or self.up or self.down:
-      x = conv1x1(x, out_ch)
+      x = conv1x1(x, out_ch, ops=self.ops)
     return skip_sum(x, h, self.skip_rescale)

@@ -4,7 +4,8 @@ One U-Net family with many knobs; "DDPM++" is this network with `fir=False`, `pr
 positional time embeddings. Submodules are created in the same order as the 2021 Flax code, so parameter
 trees (and published checkpoints) line up one to one: top level `GaussianFourierProjection_0` (Fourier
 only), `Dense_0`, `Dense_1` (conditional only), `Conv_0`, then the resblocks / attention / resampling
-modules in the order the forward pass meets them, and `GroupNorm_k`, `Conv_k` of the output head.
+modules in the order the forward pass meets them, and `GroupNorm_k`, `Conv_k` of the output head. The `ops`
+field (`ops.Ops`, default the pure-JAX `ops.XLA`) says how every block computes; it changes no parameter.
 """
 from typing import Sequence
 
@@ -12,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from score_sde.models import layers, layerspp, utils
+from score_sde.models import ops as ops_lib
 
 RESBLOCK_TYPES = ("ddpm", "biggan")
 PROGRESSIVE = ("none", "output_skip", "residual")
@@ -102,6 +104,7 @@ class NCSNpp(nn.Module):
   sigma_min: float = 0.01
   sigma_max: float = 50.0
   num_scales: int = 1000
+  ops: ops_lib.Ops = ops_lib.XLA
 
   @classmethod
   def from_config(cls, config):
@@ -129,16 +132,17 @@ class NCSNpp(nn.Module):
   # Factories for the repeated blocks (each call creates, hence names, one new submodule).
 
   def _resblock(self, act, **kwargs):
-    common = dict(act=act, dropout=self.dropout, init_scale=self.init_scale, skip_rescale=self.skip_rescale)
+    common = dict(act=act, dropout=self.dropout, init_scale=self.init_scale, skip_rescale=self.skip_rescale,
+                  ops=self.ops)
     if self.resblock_type == "ddpm":
       return layerspp.ResnetBlockDDPMpp(**common, **kwargs)
     return layerspp.ResnetBlockBigGANpp(**common, fir=self.fir, fir_kernel=tuple(self.fir_kernel), **kwargs)
 
   def _attn(self):
-    return layerspp.AttnBlockpp(init_scale=self.init_scale, skip_rescale=self.skip_rescale)
+    return layerspp.AttnBlockpp(init_scale=self.init_scale, skip_rescale=self.skip_rescale, ops=self.ops)
 
   def _resample_kwargs(self):
-    return dict(fir=self.fir, fir_kernel=tuple(self.fir_kernel))
+    return dict(fir=self.fir, fir_kernel=tuple(self.fir_kernel), ops=self.ops)
 
   # ---------------------------------------------------------------------------------------------------
 
@@ -165,7 +169,7 @@ class NCSNpp(nn.Module):
   def _down_path(self, x, temb, act, train):
     """Encoder: returns the list of skip activations (its last entry feeds the middle block)."""
     input_pyramid = x if self.progressive_input != "none" else None
-    hs = [layerspp.conv3x3(x, self.nf)]
+    hs = [layerspp.conv3x3(x, self.nf, ops=self.ops)]
     num_levels = len(self.ch_mult)
     for i_level in range(num_levels):
       for _ in range(self.num_res_blocks):
@@ -187,7 +191,7 @@ class NCSNpp(nn.Module):
     """Progressive input: downsample the input image alongside h and merge it in (skip or residual)."""
     if self.progressive_input == "input_skip":
       input_pyramid = layerspp.Downsample(with_conv=False, **self._resample_kwargs())(input_pyramid)
-      h = layerspp.Combine(method=self.progressive_combine)(input_pyramid, h)
+      h = layerspp.Combine(method=self.progressive_combine, ops=self.ops)(input_pyramid, h)
     elif self.progressive_input == "residual":
       input_pyramid = layerspp.Downsample(out_ch=h.shape[-1], with_conv=True,
                                           **self._resample_kwargs())(input_pyramid)
@@ -201,11 +205,12 @@ class NCSNpp(nn.Module):
     if self.progressive == "output_skip":
       if not top:
         pyramid = layerspp.Upsample(with_conv=False, **self._resample_kwargs())(pyramid)
-      out = layerspp.conv3x3(layerspp.group_norm(h, act), out_channels, bias=True, init_scale=self.init_scale)
+      out = layerspp.conv3x3(layerspp.group_norm(h, act, ops=self.ops), out_channels, bias=True,
+                             init_scale=self.init_scale, ops=self.ops)
       pyramid = out if top else pyramid + out
     elif self.progressive == "residual":
       if top:
-        pyramid = layerspp.conv3x3(layerspp.group_norm(h, act), h.shape[-1], bias=True)
+        pyramid = layerspp.conv3x3(layerspp.group_norm(h, act, ops=self.ops), h.shape[-1], bias=True, ops=self.ops)
       else:
         pyramid = layerspp.Upsample(out_ch=h.shape[-1], with_conv=True, **self._resample_kwargs())(pyramid)
         pyramid = layerspp.skip_sum(pyramid, h, self.skip_rescale)
@@ -259,8 +264,8 @@ class NCSNpp(nn.Module):
     if self.progressive == "output_skip":
       h = pyramid
     else:
-      h = layerspp.group_norm(h, act)
-      h = layerspp.conv3x3(h, x.shape[-1], init_scale=self.init_scale)
+      h = layerspp.group_norm(h, act, ops=self.ops)
+      h = layerspp.conv3x3(h, x.shape[-1], init_scale=self.init_scale, ops=self.ops)
 
     if self.scale_by_sigma:
       h = h / used_sigmas.reshape((-1, 1, 1, 1)).astype(h.dtype)

@@ -9,8 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde import sde_lib
-
 _MODELS = {}
 
 
@@ -88,6 +86,9 @@ def get_model_fn(model, train=False):
 def get_score_fn(sde, model, train=False, continuous=False, probability_flow=False):
   """Wraps a network into `score_fn(params, x, t, rng=None)` with the 2021 label/std conventions.
 
+  The convention is the SDE's: `sde.parameterization(continuous, probability_flow)` (score_sde.parameterization)
+  gives the network's labels for t and turns its output into a score. For the SDEs of sde_lib:
+
   VP / sub-VP: the network predicts noise; score = -net / std. Labels are 999 t when continuous (always for
   sub-VP), else t (N - 1) with std from the discrete DDPM chain.
   VE: the network output is the score. Labels are sigma(t) when continuous, else the index
@@ -106,37 +107,19 @@ def get_score_fn(sde, model, train=False, continuous=False, probability_flow=Fal
   error). Their flow is then driven by a score that is piecewise constant in t, the model they were
   trained as; probability-flow numbers of SMLD models are comparable only with that in mind.
   """
-  if probability_flow and isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
-    continuous = True
+  parameterization = sde.parameterization(continuous, probability_flow=probability_flow)
   model_fn = get_model_fn(model, train=train)
 
-  if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
-
-    def score_fn(params, x, t, rng=None):
-      if continuous or isinstance(sde, sde_lib.subVPSDE):
-        labels = t * 999
-        std = sde.marginal_prob(jnp.zeros_like(x), t)[1]
-      else:
-        labels = t * (sde.N - 1)
-        std = jnp.asarray(sde.sqrt_1m_alphas_cumprod)[labels.astype(jnp.int32)]
-      out = model_fn(params, x, labels, rng)
-      return -out / std[:, None, None, None]
-
-  elif isinstance(sde, sde_lib.VESDE):
-
-    def score_fn(params, x, t, rng=None):
-      if continuous:
-        labels = sde.marginal_prob(jnp.zeros_like(x), t)[1]
-      else:
-        labels = jnp.round((sde.T - t) * (sde.N - 1)).astype(jnp.int32)
-      return model_fn(params, x, labels, rng)
-
-  else:
-    raise NotImplementedError(
-        f"No network-to-score convention for SDE class {type(sde).__name__}; "
-        "add one to score_sde.models.utils.get_score_fn.")
+  def score_fn(params, x, t, rng=None):
+    out = model_fn(params, x, parameterization.labels(t), rng)
+    return parameterization.to_score(out, x, t)
 
   return score_fn
+
+
+def label_dtype(sde, continuous):
+  """The dtype of the time labels `get_score_fn(sde, ..., continuous)` feeds the network (e.g. for init)."""
+  return sde.parameterization(continuous).label_dtype
 
 
 def count_params(params):

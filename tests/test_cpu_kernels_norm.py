@@ -1,5 +1,5 @@
-"""Native GroupNorm (+ SiLU) (score_sde/models/native_norm.py) against flax.linen.GroupNorm: values, gradients,
-routing, parameter names, bad input."""
+"""Native GroupNorm (+ SiLU) (score_sde/cpu_kernels/native_norm.py) against flax.linen.GroupNorm: values,
+gradients, routing, parameter names, bad input."""
 import os
 import subprocess
 import sys
@@ -10,9 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde.models import layers, layerspp, native_norm, onednn_conv
+from score_sde import cpu_kernels
+from score_sde.models import layerspp
+from score_sde.models import ops as ops_lib
 
-pytestmark = pytest.mark.skipif(not onednn_conv.platform_supported(), reason="native kernels: Linux x86-64 only")
+if not cpu_kernels.available():
+  pytest.skip(f"native CPU kernels: {cpu_kernels.unavailable_reason()}", allow_module_level=True)
+
+from score_sde.cpu_kernels import dropout as fast_dropout  # noqa: E402  pylint: disable=wrong-import-position
+from score_sde.cpu_kernels import native_norm  # noqa: E402  pylint: disable=wrong-import-position
 
 CASES = [  # x shape, groups, act
     ((2, 5, 7, 12), 3, "silu"),     # odd spatial sizes, 4 channels per group
@@ -64,11 +70,11 @@ def test_shift_is_added_per_sample_and_channel():
 
 def test_dropout_mask_is_applied_as_flax_does():
   """group_norm(..., keep=m, keep_prob=p) = where(m, act(GroupNorm(x)) / p, 0), gradients included, with the
-  mask `layers.Dropout.keep_mask` draws: the one `layers.Dropout` itself applies."""
+  mask `Dropout.keep_mask` draws: the one the kernels' `Dropout` itself applies."""
   x, scale, bias, dy = inputs((3, 4, 5, 16))
-  dropout = layers.Dropout(0.3)
+  dropout = fast_dropout.Dropout(0.3)
   rngs = {"dropout": jax.random.PRNGKey(11)}
-  keep = dropout.apply({}, x.shape, False, rngs=rngs, method=layers.Dropout.keep_mask)
+  keep = dropout.apply({}, x.shape, False, rngs=rngs, method=fast_dropout.Dropout.keep_mask)
   assert keep.dtype == bool and 0.5 < float(keep.mean()) < 0.9
   np.testing.assert_array_equal(dropout.apply({}, jnp.ones(x.shape), False, rngs=rngs), jnp.where(keep, 1 / 0.7, 0.0))
   reference = lambda x, a, b: dropout.apply({}, flax_reference(x, a, b, 4, "silu"), False, rngs=rngs)
@@ -79,7 +85,7 @@ def test_dropout_mask_is_applied_as_flax_does():
   assert np.all((np.asarray(y) == 0) >= ~np.asarray(keep))  # dropped entries are exactly 0
   for got, want in zip(vjp(dy), vjp_ref(dy)):
     np.testing.assert_allclose(got, want, atol=5e-5, rtol=1e-5)
-  assert dropout.apply({}, x.shape, True, rngs=rngs, method=layers.Dropout.keep_mask) is None  # deterministic
+  assert dropout.apply({}, x.shape, True, rngs=rngs, method=fast_dropout.Dropout.keep_mask) is None  # deterministic
   with pytest.raises(ValueError, match=r"dropout mask bool\[3, 4, 5\] for input \(3, 4, 5, 16\)"):
     native_norm.group_norm(x, scale, bias, 4, 1e-6, "silu", keep=keep[..., 0], keep_prob=0.7)
 
@@ -110,7 +116,7 @@ def test_results_do_not_depend_on_thread_count():
   """Parameter gradients add per-sample sums in sample order: 1 and 2 OpenMP threads agree bitwise (what a
   resumed run on a differently sized host needs to reproduce the uninterrupted one)."""
   script = ("import jax, numpy as np\n"
-            "from score_sde.models import native_norm\n"
+            "from score_sde.cpu_kernels import native_norm\n"
             "x = jax.random.normal(jax.random.PRNGKey(0), (5, 6, 6, 16))\n"
             "s, b = np.ones(16, np.float32), np.zeros(16, np.float32)\n"
             "f = lambda x, s, b: (native_norm.group_norm(x, s, b, 4, 1e-6, 'silu') ** 2).sum()\n"
@@ -124,15 +130,16 @@ def test_results_do_not_depend_on_thread_count():
 
 
 def test_layerspp_routes_group_norm_with_silu_or_nothing_only():
-  """Inside conv_impl('onednn'): GroupNorm + SiLU and bare GroupNorm are one custom call each; another
+  """With the kernels' ops: GroupNorm + SiLU and bare GroupNorm are one custom call each; another
   activation keeps XLA's GroupNorm. The parameter tree is the same either way (`GroupNorm_k/{scale,bias}`)."""
 
   class Block(nn.Module):
     act: object
+    ops: ops_lib.Ops = ops_lib.XLA
 
     @nn.compact
     def __call__(self, x):
-      return layerspp.group_norm(layerspp.group_norm(x, self.act))
+      return layerspp.group_norm(layerspp.group_norm(x, self.act, ops=self.ops), ops=self.ops)
 
   x = jnp.ones((2, 4, 4, 8))
   for act, native_calls in ((nn.swish, 2), (nn.elu, 1), (None, 2)):
@@ -140,11 +147,12 @@ def test_layerspp_routes_group_norm_with_silu_or_nothing_only():
     params = block.init(jax.random.PRNGKey(0), x)
     assert jax.tree.map(jnp.shape, params) == {"params": {"GroupNorm_0": {"bias": (8,), "scale": (8,)},
                                                            "GroupNorm_1": {"bias": (8,), "scale": (8,)}}}
-    loss = lambda p: jnp.sum(block.apply(p, x) ** 2)  # pylint: disable=cell-var-from-loop
-    with layers.conv_impl("onednn"):
-      hlo = jax.jit(jax.grad(loss)).lower(params).as_text()
+    native_block = block.clone(ops=cpu_kernels.get_ops())
+    assert jax.tree.map(jnp.shape, native_block.init(jax.random.PRNGKey(0), x)) == jax.tree.map(jnp.shape, params)
+    loss = lambda b: lambda p: jnp.sum(b.apply(p, x) ** 2)  # pylint: disable=cell-var-from-loop
+    hlo = jax.jit(jax.grad(loss(native_block))).lower(params).as_text()
     assert hlo.count("NativeGroupNormFwd") == native_calls, (act, hlo.count("NativeGroupNormFwd"))
-    assert "NativeGroupNorm" not in jax.jit(jax.grad(loss)).lower(params).as_text()  # outside the scope
+    assert "NativeGroupNorm" not in jax.jit(jax.grad(loss(block))).lower(params).as_text()  # ops_lib.XLA
 
 
 def test_bad_input_is_refused():
@@ -158,7 +166,7 @@ def test_bad_input_is_refused():
 
 
 def test_native_model_has_the_same_parameters_and_output():
-  """A DDPM++ initialised inside conv_impl('onednn') (native Conv without bias add, GroupNorm with shift) has
+  """A DDPM++ initialised with the kernels' ops (native Conv without bias add, GroupNorm with shift) has
   the parameter tree and values of the plain one, and the same output to float32 rounding."""
   from configs.vp import cifar10_ddpmpp_continuous  # pylint: disable=import-outside-toplevel
   from score_sde.models import utils as mutils  # pylint: disable=import-outside-toplevel
@@ -166,11 +174,11 @@ def test_native_model_has_the_same_parameters_and_output():
   config.data.image_size = 8
   config.model.update(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0)
   model = mutils.create_model(config)
+  native_model = model.clone(ops=cpu_kernels.get_ops())
   x, t = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3)), jnp.array([0.3, 0.9])
-  init = lambda: model.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, x, t, train=False)
-  plain = init()
-  with layers.conv_impl("onednn"):
-    native = init()
+  init = lambda m: m.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, x, t, train=False)
+  plain = init(model)
+  native = init(native_model)
   assert jax.tree.structure(native) == jax.tree.structure(plain)
   for a, b in zip(jax.tree.leaves(native), jax.tree.leaves(plain)):
     np.testing.assert_array_equal(a, b)
@@ -178,6 +186,5 @@ def test_native_model_has_the_same_parameters_and_output():
   leaves, treedef = jax.tree.flatten(plain)
   keys = jax.random.split(jax.random.PRNGKey(5), len(leaves))
   params = jax.tree.unflatten(treedef, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-  with layers.conv_impl("onednn"):
-    y_native = model.apply(params, x, t, train=False)
+  y_native = native_model.apply(params, x, t, train=False)
   np.testing.assert_allclose(y_native, model.apply(params, x, t, train=False), atol=2e-5, rtol=1e-5)

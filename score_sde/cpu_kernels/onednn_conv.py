@@ -4,16 +4,15 @@ XLA:CPU computes a conv's kernel gradient as a whole-image-window convolution ov
 oneDNN (the library PyTorch uses on CPUs) has direct AVX-512 kernels for the forward pass and both
 gradients. `conv2d(x, w, strides, padding)` is `lax.conv_general_dilated` for NHWC activations and HWIO
 kernels, with a custom VJP whose forward and backward passes are one custom call each
-(`onednn_conv.cc`). It is reverse-mode only (forward-mode `jvp` is not defined), so `layers` routes a
-conv here only inside `layers.conv_impl("onednn")`, which `losses.get_train_step` opens around the loss
-and its gradient.
+(`onednn_conv.cc`). It is reverse-mode only (forward-mode `jvp` is not defined), so only the train step's
+loss uses it: `fused.conv_general_dilated`, in the `Ops` that `ops.resolve(training.conv_impl)` returns for
+'onednn', and for 'auto' on a single-device, single-process CPU run (a custom call has no sharding rule, so
+across several devices XLA's own conv is the one that splits).
 
-The C++ sources (this file's and `native_norm.cc`'s GroupNorm) are compiled into one library on first use
-(about 5 s, g++ with OpenMP) against the installed `onednn-cpu-gomp` and `onednn-devel-cpu-gomp` wheels and
-jaxlib's FFI headers, and cached under `files.cache_dir()/native/`, keyed by the sources, flags, jax and
-oneDNN versions. Which implementation a run uses is `training.conv_impl`:
-'auto' picks oneDNN for a single-device, single-process CPU run on Linux x86-64 and XLA otherwise (a
-custom call has no sharding rule, so across several devices XLA's own conv is the one that splits).
+The C++ sources (this file's and `native_norm.cc`'s GroupNorm, next to this file) are compiled into one
+library on first use (about 5 s, g++ with OpenMP) against the installed `onednn-cpu-gomp` and
+`onednn-devel-cpu-gomp` wheels (setup.py's "cpu" extra) and jaxlib's FFI headers, and cached under
+`files.cache_dir()/native/`, keyed by the sources, flags, jax and oneDNN versions.
 """
 import ctypes
 import functools
@@ -29,35 +28,19 @@ import jax
 import numpy as np
 
 from score_sde import files
+from score_sde.models import ops
 
 # One shared library: these convolutions and native_norm.cc's GroupNorm (+ SiLU), which share a lock.
 SOURCES = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
                 for name in ("onednn_conv.cc", "native_norm.cc"))
 TARGETS = ("OnednnConvFwd", "OnednnConvBwd", "NativeGroupNormFwd", "NativeGroupNormBwd")
-ONEDNN_WHEELS = ("onednn-cpu-gomp", "onednn-devel-cpu-gomp")
-IMPLS = ("auto", "xla", "onednn")
+ONEDNN_WHEELS = ops.CPU_EXTRA  # ("onednn-cpu-gomp", "onednn-devel-cpu-gomp"), setup.py's "cpu" extra
 CXXFLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp")
 
 
 def platform_supported():
   """oneDNN's CPU wheels exist for Linux x86-64 only."""
   return platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")
-
-
-def check_impl(name):
-  """Refuses a `training.conv_impl` that is not one of IMPLS."""
-  if name not in IMPLS:
-    raise ValueError(f"training.conv_impl={name!r} is not one of {list(IMPLS)}.")
-
-
-def resolve_impl(name, devices=None):
-  """'xla' or 'onednn' for `training.conv_impl` = `name` on `devices` (default: all of them)."""
-  check_impl(name)
-  if name != "auto":
-    return name
-  devices = jax.devices() if devices is None else list(devices)
-  single_cpu = len(devices) == 1 and devices[0].platform == "cpu" and jax.process_count() == 1
-  return "onednn" if single_cpu and platform_supported() else "xla"
 
 
 def _wheel_file(distribution, suffix):
@@ -67,8 +50,8 @@ def _wheel_file(distribution, suffix):
   except importlib.metadata.PackageNotFoundError:
     found = []
   if not found:
-    raise RuntimeError(f"training.conv_impl='onednn' needs the {distribution!r} wheel: "
-                       f"pip install {' '.join(ONEDNN_WHEELS)} (or set training.conv_impl='xla').")
+    raise RuntimeError(f"training.conv_impl='onednn' needs the {distribution!r} wheel: pip install -e '.[cpu]' "
+                       f"or pip install {' '.join(ONEDNN_WHEELS)} (or set training.conv_impl='xla').")
   return os.path.realpath(found[0].locate())
 
 

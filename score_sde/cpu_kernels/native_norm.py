@@ -4,15 +4,14 @@
 computes (biased variance, statistics over H, W and the group's channels, per-channel affine), with a
 custom VJP whose forward and backward passes are one XLA FFI call each (`native_norm.cc`, built into the
 same library as the oneDNN convolutions, see `onednn_conv.library`). XLA:CPU runs the same computation as
-5-8 thunks per pass. Reverse mode only, so `layerspp.group_norm` routes here only inside
-`layers.conv_impl("onednn")`, i.e. in the CPU train step.
+5-8 thunks per pass. Reverse mode only, so only the CPU train step's loss calls it (through `fused`).
 """
 import functools
 
 import jax
 import numpy as np
 
-from score_sde.models import onednn_conv
+from score_sde.cpu_kernels import onednn_conv
 
 ACTS = {"none": 0, "silu": 1}
 
@@ -34,8 +33,8 @@ def group_norm(x, scale, bias, groups, eps, act="none", shift=None, keep=None, k
   """act(GroupNorm(x + shift) * scale + bias), then dropout, for float32 x of shape [N, ..., C].
 
   act is 'none' or 'silu'. `shift` (N, C) or None is added to x per sample and channel inside the same pass
-  (a conv's bias plus a time-embedding projection, see `layerspp.conv_temb_norm`). `keep` (a boolean mask of
-  x's shape, as `layers.Dropout.keep_mask` draws it) or None applies dropout as flax does:
+  (a conv's bias plus a time-embedding projection, see `fused.conv_temb_norm`). `keep` (a boolean mask of
+  x's shape, as `dropout.Dropout.keep_mask` draws it) or None applies dropout as flax does:
   where(keep, y / keep_prob, 0).
   """
   _check(x, scale, shift, keep, groups, act)

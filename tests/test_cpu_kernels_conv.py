@@ -1,16 +1,20 @@
-"""oneDNN convolutions (score_sde/models/onednn_conv.py) against XLA's: values, gradients, a whole train step."""
+"""oneDNN convolutions (score_sde/cpu_kernels/onednn_conv.py) against XLA's: values, gradients, a whole train
+step, how `ops.resolve` picks them."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
 
-from score_sde import config_checks, losses
-from score_sde.models import layers, onednn_conv
+from score_sde import config_checks, cpu_kernels, losses
+from score_sde.models import ops
 from score_sde.models import utils as mutils
 from configs.vp import cifar10_ddpmpp_continuous
 
-pytestmark = pytest.mark.skipif(not onednn_conv.platform_supported(), reason="oneDNN wheels: Linux x86-64 only")
+if not cpu_kernels.available():
+  pytest.skip(f"native CPU kernels: {cpu_kernels.unavailable_reason()}", allow_module_level=True)
+
+from score_sde.cpu_kernels import fused, onednn_conv  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def tiny_config():
@@ -54,17 +58,16 @@ def test_kernels_are_optimised_not_reference():
   assert len(names) == 3 and not any(name.startswith("ref") for name in names), names
 
 
-def test_layers_use_onednn_only_inside_conv_impl():
+def test_layers_use_onednn_only_with_the_kernels_ops():
   x, w = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 3))
   dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
-  conv = lambda a, b: layers.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=dn)
-  assert "OnednnConv" not in jax.jit(conv).lower(x, w).as_text()
-  with layers.conv_impl("onednn"):  # a new function: jit's cache would return the earlier trace
-    text = jax.jit(lambda a, b: conv(a, b)).lower(x, w).as_text()
+  conv = lambda o: lambda a, b: o.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=dn)
+  assert "OnednnConv" not in jax.jit(conv(ops.XLA)).lower(x, w).as_text()
+  text = jax.jit(conv(cpu_kernels.get_ops())).lower(x, w).as_text()
   assert "OnednnConvFwd" in text
+  assert cpu_kernels.get_ops() is fused.OPS and cpu_kernels.get_ops().name == "onednn"
   with pytest.raises(ValueError, match="not one of"):
-    with layers.conv_impl("cudnn"):
-      pass
+    ops.resolve("cudnn")
 
 
 def test_train_step_matches_xla():
@@ -76,10 +79,10 @@ def test_train_step_matches_xla():
   s, c = config.data.image_size, config.data.num_channels
   params = mutils.init_params(model, jax.random.PRNGKey(0), (1, s, s, c))
   batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (4, s, s, c))}
-  loss_fn = losses.get_loss_fn_from_config(config, sde, model, train=True)
   results = {}
   for impl in ("xla", "onednn"):
-    step = jax.jit(losses.get_train_step(loss_fn, optimizer, config.model.ema_rate, impl))
+    loss_fn = losses.get_loss_fn_from_config(config, sde, model.clone(ops=ops.resolve(impl)), train=True)
+    step = jax.jit(losses.get_train_step(loss_fn, optimizer, config.model.ema_rate))
     hlo = step.lower(losses.create_train_state(params, optimizer), batch, jax.random.PRNGKey(2)).as_text()
     assert ("OnednnConvBwd" in hlo) == ("NativeGroupNormBwd" in hlo) == (impl == "onednn")
     state, metrics = step(losses.create_train_state(params, optimizer), batch, jax.random.PRNGKey(2))
@@ -93,12 +96,12 @@ def test_train_step_matches_xla():
 
 def test_resolve_impl():
   cpu = jax.devices("cpu")[:1]
-  assert onednn_conv.resolve_impl("auto", cpu) == "onednn"
-  assert onednn_conv.resolve_impl("auto", cpu * 2) == "xla"  # no sharding rule for the custom call
-  assert onednn_conv.resolve_impl("xla", cpu) == "xla"
-  assert onednn_conv.resolve_impl("onednn", cpu * 2) == "onednn"
+  assert ops.resolve("auto", cpu) is fused.OPS
+  assert ops.resolve("auto", cpu * 2) is ops.XLA  # no sharding rule for the custom call
+  assert ops.resolve("xla", cpu) is ops.XLA
+  assert ops.resolve("onednn", cpu * 2) is fused.OPS
   with pytest.raises(ValueError, match=r"training.conv_impl='mkl' is not one of"):
-    onednn_conv.resolve_impl("mkl")
+    ops.resolve("mkl")
   config = tiny_config()
   config.training.conv_impl = "mkl"
   with pytest.raises(ValueError, match="training.conv_impl"):
@@ -116,3 +119,26 @@ def test_missing_wheel_is_a_clear_error(monkeypatch):
   monkeypatch.setattr(onednn_conv.importlib.metadata, "files", lambda name: [])
   with pytest.raises(RuntimeError, match="pip install onednn-cpu-gomp onednn-devel-cpu-gomp"):
     onednn_conv._wheel_file("onednn-cpu-gomp", "/libdnnl.so.3")  # pylint: disable=protected-access
+
+
+def test_ddpm_with_the_kernels_ops_has_the_same_parameters_and_gradients():
+  """The DDPM U-Net takes the kernels' ops too (its convs in oneDNN, dropout through the kernels' Dropout):
+  the same parameter tree and values, gradients equal to float32 rounding."""
+  from configs.vp.ddpm import cifar10 as ddpm_cifar10  # pylint: disable=import-outside-toplevel
+  config = ddpm_cifar10.get_config()
+  config.data.image_size = 8
+  config.model.update(nf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.1)
+  model = mutils.create_model(config)
+  native = model.clone(ops=cpu_kernels.get_ops())
+  x, t = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3)), jnp.array([3, 9])
+  rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}
+  params = model.init(rngs, x, t, train=False)
+  native_params = native.init(rngs, x, t, train=False)
+  assert jax.tree.structure(native_params) == jax.tree.structure(params)
+  for a, b in zip(jax.tree.leaves(native_params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  loss = lambda m: lambda p: jnp.sum(m.apply(p, x, t, train=True, rngs={"dropout": jax.random.PRNGKey(3)}) ** 2)
+  grad = lambda m: jax.jit(jax.grad(loss(m)))
+  assert "OnednnConvBwd" in grad(native).lower(params).as_text()
+  for got, want in zip(jax.tree.leaves(grad(native)(params)), jax.tree.leaves(grad(model)(params))):
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-4)

@@ -1,0 +1,167 @@
+"""Typed, frozen settings read from a config in one place, with the defaults of every optional key.
+
+A config (ml_collections) is what a user writes and overrides on the command line; library code reads these
+settings instead, so a default lives here once rather than at every `config.x.get(key, default)`. Each
+section is a frozen dataclass built by `from_config(config)`: keys the config lacks take the field's default
+(older configs, including the 2021 ones, keep working), fields without a default are required, and every value
+is converted to the field's type with a one-line error naming the key when it cannot be. Keys a config carries
+that a section does not name (2021 keys we do not use, a model's architecture knobs) are left to their readers.
+"""
+import dataclasses
+import typing
+
+_MISSING = dataclasses.MISSING
+
+
+def _convert(value, kind, key):
+  """`value` as `kind` (bool, int, float, str or a tuple type); a one-line ValueError naming `key` if not."""
+  if kind is bool:
+    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+      return bool(value)
+    raise ValueError(f"{key}={value!r} must be True or False.")
+  if kind is int:
+    if isinstance(value, bool) or not float(value).is_integer():
+      raise ValueError(f"{key}={value!r} must be an integer.")
+    return int(value)
+  if kind is float:
+    try:
+      return float(value)
+    except (TypeError, ValueError):
+      raise ValueError(f"{key}={value!r} must be a number.") from None
+  if kind is str:
+    if not isinstance(value, str):
+      raise ValueError(f"{key}={value!r} must be a string.")
+    return value
+  raise TypeError(f"settings field {key} has unsupported type {kind!r}")
+
+
+def _read(cls, section, prefix):
+  """An instance of the dataclass `cls` from the config section `section` (a ConfigDict or a dict)."""
+  hints = typing.get_type_hints(cls)
+  values = {}
+  for field in dataclasses.fields(cls):
+    key = f"{prefix}.{field.name}"
+    if section is not None and field.name in section:
+      values[field.name] = _convert(section[field.name], hints[field.name], key)
+    elif field.default is _MISSING:
+      raise ValueError(f"{key} is missing from the config; set it (e.g. --config.{key}=...).")
+  return cls(**values)
+
+
+def _section(config, name):
+  return config[name] if name in config else None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSettings:
+  """`config.training`: the objective, the run's length and its events."""
+  sde: str
+  continuous: bool = True                 # continuous-time labels (else the discrete SMLD / DDPM chain)
+  reduce_mean: bool = False
+  likelihood_weighting: bool = False
+  batch_size: int = 128
+  n_iters: int = 1300001
+  n_jitted_steps: int = 5
+  log_freq: int = 50
+  eval_freq: int = 100
+  snapshot_freq: int = 50000
+  snapshot_freq_for_preemption: int = 10000
+  snapshot_sampling: bool = True
+  init_from: str = ""                     # start from this checkpoint (2021 Flax, PyTorch port .pth, Orbax)
+  conv_impl: str = "auto"                 # how the train step computes convs / GroupNorm: auto | xla | onednn
+
+  @classmethod
+  def from_config(cls, config):
+    return _read(cls, _section(config, "training"), "training")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+  """`config.sampling`: which sampler and its knobs (each sampler reads the fields it documents)."""
+  method: str = "pc"                      # a name in sampling.registered_samplers()
+  predictor: str = "euler_maruyama"
+  corrector: str = "none"
+  n_steps_each: int = 1
+  noise_removal: bool = True
+  probability_flow: bool = False
+  snr: float = 0.16
+  num_steps: int = 50                     # ddim / heun
+  time_grid: str = "uniform"              # ddim / heun: uniform | quadratic | edm
+  ddim_eta: float = 0.0
+  ode_method: str = "rk45"                # ode: a solver name of flow.ode_methods()
+  ode_rtol: float = 1e-5
+  ode_atol: float = 1e-5
+
+  @classmethod
+  def from_config(cls, config):
+    settings = _read(cls, _section(config, "sampling"), "sampling")
+    return dataclasses.replace(settings, method=settings.method.lower())
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """`config.eval`: which checkpoints, which metrics, and the conventions they are computed with."""
+  begin_ckpt: int = 9
+  end_ckpt: int = 26
+  ckpt_wait_secs: float = 6 * 3600
+  ckpt_id: int = -1
+  pretrained: str = ""
+  batch_size: int = 1024
+  enable_sampling: bool = False
+  num_samples: int = 50000
+  enable_loss: bool = True
+  enable_bpd: bool = False
+  enable_vlb: bool = False
+  vlb_model_var: str = "fixedlarge"
+  vlb_clip_denoised: bool = True
+  bpd_dataset: str = "test"
+  bpd_num_repeats: int = 5
+  bpd_method: str = "rk45"
+  bpd_rtol: float = 1e-5
+  bpd_atol: float = 1e-5
+  bpd_hutchinson: str = "Rademacher"
+  uint8_rounding: bool = False            # False truncates to uint8 as the 2021 code did
+  inception_path: str = ""
+  inception_v3_path: str = ""
+  feature_network: str = ""               # "" = chosen from the data set and resolution
+  stats_dir: str = ""
+  stats_path: str = ""
+  classifier_path: str = ""
+
+  @classmethod
+  def from_config(cls, config):
+    return _read(cls, _section(config, "eval"), "eval")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+  """`config.data`: the data set, its shape and preprocessing, and where it is read from."""
+  dataset: str
+  image_size: int
+  num_channels: int
+  random_flip: bool = True
+  centered: bool = False
+  uniform_dequantization: bool = False
+  data_dir: str = ""                      # TFDS data_dir ("" -> $TFDS_DATA_DIR or the TFDS default)
+  tfrecords_path: str = ""                # FFHQ / CelebA-HQ TFRecords
+  category: str = "bedroom"               # LSUN
+
+  @classmethod
+  def from_config(cls, config):
+    return _read(cls, _section(config, "data"), "data")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Every section at once: `Settings.from_config(config)`."""
+  training: TrainingSettings
+  sampling: SamplingSettings
+  eval: EvalSettings
+  data: DataSettings
+  seed: int = 42
+
+  @classmethod
+  def from_config(cls, config):
+    seed = _convert(config["seed"], int, "seed") if "seed" in config else cls.seed
+    return cls(TrainingSettings.from_config(config), SamplingSettings.from_config(config),
+               EvalSettings.from_config(config), DataSettings.from_config(config), seed)
