@@ -62,7 +62,7 @@ def init_params(model, rng, shape, label_dtype=jnp.float32):
   return variables["params"]
 
 
-# Initialisers run once: compiling them without LLVM optimisations is ~8x faster on CPU (threefry expands
+# Initialisers run once: compiling them without LLVM optimisations is much faster on CPU (threefry expands
 # into many ops per parameter) and costs nothing that matters.
 FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0}
 
