@@ -170,9 +170,24 @@ class TFRecordSource:
     self.n = sum(counts)
     if self.n == 0:
       raise ValueError(f"data.tfrecords_path={config.data.tfrecords_path!r}: the *.tfrecords files are empty.")
+    self._check_first_record()
     self._starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
     total_bytes = sum(self.tf.io.gfile.stat(f).length for f in self.files)
     self.window = int(np.clip(TFRECORD_WINDOW_BYTES * self.n // max(total_bytes, 1), 256, TFDS_WINDOW))
+
+  def _check_first_record(self):
+    """Reads the first record eagerly, so that files of another kind fail here in one line, not mid-pipeline."""
+    tf, first = self.tf, self.files[0]
+    raw = next(iter(tf.data.TFRecordDataset([first]).take(1))).numpy()
+    example = tf.train.Example.FromString(raw)
+    features = example.features.feature
+    if "shape" not in features or "data" not in features or len(features["shape"].int64_list.value) != 3:
+      raise ValueError(f"{first} is not a ProGAN / StyleGAN dataset-tool TFRecord: its records have features "
+                       f"{sorted(features)}, expected 'shape' (C, H, W) and 'data' (raw uint8).")
+    shape = tuple(features["shape"].int64_list.value)
+    if shape[0] != 3:
+      raise ValueError(f"{first} holds {shape[0]}-channel images (shape {shape}, CHW); FFHQ / CelebA-HQ "
+                       "TFRecords are read as RGB: write them with 3 channels.")
 
   def read(self, start):
     """Raw records from index `start` on: whole files before it are never opened."""

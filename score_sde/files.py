@@ -26,3 +26,19 @@ def cache_dir():
   if os.environ.get("SCORE_SDE_CACHE"):
     return os.environ["SCORE_SDE_CACHE"]
   return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "score_sde")
+
+
+def check_workdir(workdir, writable=True):
+  """A one-line ValueError unless `workdir` is (or can become) a folder this process may write to. Remote
+  paths (gs://, ...) are left to the storage layer."""
+  if "://" in str(workdir):
+    return
+  path = os.path.abspath(str(workdir))
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"--workdir={workdir} is a file, not a folder: pass a folder (it is created if missing).")
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if writable and not os.access(existing, os.W_OK | os.X_OK):
+    raise ValueError(f"--workdir={workdir} cannot be written ({existing} is read-only for this user): pass a "
+                     "folder you can write to.")

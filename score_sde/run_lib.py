@@ -6,13 +6,15 @@
   stats   `evaluate.compute_stats`: the data set's reference statistics for FID/KID (shared by every run of
           that data, so it lives at `evaluation.stats_path(config)`, not in the workdir)
 """
-from score_sde import evaluate, generate, train
+from score_sde import evaluate, files, generate, train
 
 MODES = ("train", "eval", "sample", "stats")
 
 
 def run(mode, config, workdir, eval_folder="eval"):
   """Runs `mode` on `config` in `workdir`; eval and sample write under `<workdir>/<eval_folder>`."""
+  if mode in ("train", "eval", "sample"):
+    files.check_workdir(workdir)
   if mode == "train":
     return train.train(config, workdir)
   if mode == "eval":

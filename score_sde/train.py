@@ -21,13 +21,26 @@ from clu import metric_writers
 from clu import periodic_actions
 
 from score_sde import (checkpointing, config_checks, datasets, image_utils, losses, parallel, sampling, settings,
-                       train_state)
+                       train_state, workdir_config)
 from score_sde.models import ops as ops_lib
 from score_sde.models import utils as mutils
 
 
 class NonFiniteLossError(FloatingPointError):
   """Training diverged; raised before anything is written for the diverged steps."""
+
+
+class Preempted(Exception):
+  """SIGTERM stopped training after its checkpoint was saved (and finished writing): rerun to resume.
+
+  `main.py` exits with `EXIT_STATUS`, 128 + SIGTERM as a shell reports a job a SIGTERM ended, so that a
+  scheduler sees "stopped, not finished" and requeues it (`launch/README.md`).
+  """
+  EXIT_STATUS = 128 + signal.SIGTERM
+
+  def __init__(self, step):
+    super().__init__(f"preempted (SIGTERM): checkpoint saved at step {step}; rerun the same command to resume.")
+    self.step = step
 
 
 # ----------------------------------------------------------------------------------------------------- checks
@@ -153,6 +166,14 @@ def train(config, workdir):
   init_rng, train_rng, eval_rng, sample_rng = jax.random.split(rng, 4)
   checkpoints = checkpointing.Checkpoints(workdir)
   state = checkpoints.restore_latest(train_state.abstract_train_state(config, model, repl, optimizer))
+  if state is not None:  # the run in this workdir continues only as the same run (its config.json)
+    workdir_config.check(config, workdir)
+    if int(state.step) > t.n_iters:
+      checkpoints.close()
+      raise ValueError(f"--workdir={workdir} is at step {int(state.step)}, past training.n_iters={t.n_iters}: raise "
+                       "training.n_iters to train further (nothing was changed).")
+  elif is_main:
+    workdir_config.record(config, workdir)
   if state is None and t.init_from:
     # Start (or fine-tune) from a released / other checkpoint; once this workdir has its own, those win.
     from score_sde import pretrained  # pylint: disable=g-import-not-at-top
@@ -162,6 +183,10 @@ def train(config, workdir):
   if state is None:
     state = train_state.init_train_state(config, model, init_rng, repl, optimizer)
   initial_step = int(state.step)
+  if initial_step == t.n_iters:
+    logging.info("Training already finished: step %d of %d in %s.", initial_step, t.n_iters, workdir)
+    print(f"training already finished at step {initial_step} (training.n_iters); raise training.n_iters to train "
+          "further.")
   logging.info("Parameters: %d; starting at step %d of %d.", mutils.count_params(state.params), initial_step,
                t.n_iters)
 
@@ -271,6 +296,8 @@ def train(config, workdir):
       checkpoints.wait()
       checkpoints.close()
       writer.flush()
+  if preemption.requested and step < t.n_iters:
+    raise Preempted(step)
   return state
 
 

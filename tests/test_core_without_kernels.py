@@ -100,7 +100,6 @@ def _train(config, workdir, monkeypatch):
   return state, [loss for loss in logged if loss is not None]
 
 
-@pytest.mark.xdist_group("train")
 def test_xla_training_runs_and_matches_the_kernels(tmp_path, monkeypatch):
   """Two steps of in-process training with training.conv_impl='xla': finite logged losses, moved parameters;
   with the kernels available the same run with 'auto' (the kernels, on this single-CPU run) ends at the same

@@ -132,8 +132,8 @@ def test_ddpm_with_the_kernels_ops_has_the_same_parameters_and_gradients():
   native = model.clone(ops=cpu_kernels.get_ops())
   x, t = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3)), jnp.array([3, 9])
   rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}
-  params = model.init(rngs, x, t, train=False)
-  native_params = native.init(rngs, x, t, train=False)
+  init = lambda m: mutils.compile_once(lambda r: m.init(r, x, t, train=False), rngs)  # unoptimised: fast
+  params, native_params = init(model), init(native)
   assert jax.tree.structure(native_params) == jax.tree.structure(params)
   for a, b in zip(jax.tree.leaves(native_params), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
@@ -142,3 +142,35 @@ def test_ddpm_with_the_kernels_ops_has_the_same_parameters_and_gradients():
   assert "OnednnConvBwd" in grad(native).lower(params).as_text()
   for got, want in zip(jax.tree.leaves(grad(native)(params)), jax.tree.leaves(grad(model)(params))):
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-4)
+
+
+_BUILD_AND_CONV = """
+import glob, os, jax, jax.numpy as jnp, numpy as np
+from score_sde.cpu_kernels import onednn_conv
+x, w = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 3))
+y = onednn_conv.conv2d(x, w, (1, 1), ((1, 1), (1, 1)))
+assert float(y[0, 1, 1, 0]) == 18.0, y
+print(" ".join(sorted(glob.glob(os.path.join(os.environ["SCORE_SDE_CACHE"], "native", "*.so")))))
+"""
+
+
+def test_a_damaged_cached_library_is_rebuilt(tmp_path):
+  """The native library's cache is keyed by its sources and verified by the digest of its bytes: a file under
+  the right name whose bytes changed (truncated copy, disk damage) is rebuilt, not loaded."""
+  import os  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  env = dict(os.environ, SCORE_SDE_CACHE=str(tmp_path), JAX_PLATFORMS="cpu")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = lambda: subprocess.run([sys.executable, "-c", _BUILD_AND_CONV], env=env, cwd=root, capture_output=True,
+                               text=True, timeout=600)
+  first = run()
+  assert first.returncode == 0, first.stderr[-3000:]
+  (library,) = first.stdout.split()
+  assert onednn_conv._cached_build_matches(library, open(library + ".stamp").read().split()[0])  # pylint: disable=protected-access
+  with open(library, "r+b") as f:  # the same name, other bytes
+    f.truncate(os.path.getsize(library) // 2)
+  second = run()
+  assert second.returncode == 0, second.stderr[-3000:]
+  key = open(library + ".stamp").read().split()[0]
+  assert onednn_conv._cached_build_matches(library, key)  # pylint: disable=protected-access

@@ -415,6 +415,20 @@ def test_missing_tfrecords_are_clear_errors(tmp_path):
     datasets.train_iterator(_ffhq_config(tmp_path, 8))
 
 
+def test_tfrecords_of_another_kind_fail_in_one_line(tmp_path):
+  """Records without the dataset tool's features, or of the wrong channel count, fail when the source opens
+  (before: a traceback from inside the tf.data pipeline at the first batch)."""
+  with tf.io.TFRecordWriter(str(tmp_path / "other.tfrecords")) as writer:
+    feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"png"]))}
+    writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+  with pytest.raises(ValueError, match=r"^\S+other.tfrecords is not a ProGAN / StyleGAN dataset-tool TFRecord: its "
+                     r"records have features \['image/encoded'\], expected 'shape'"):
+    datasets.train_iterator(_ffhq_config(tmp_path / "other.tfrecords", 4))
+  _write_records(tmp_path / "gray.tfrecords", np.zeros((2, 1, 4, 4), np.uint8))
+  with pytest.raises(ValueError, match=r"holds 1-channel images \(shape \(1, 4, 4\), CHW\)"):
+    datasets.train_iterator(_ffhq_config(tmp_path / "gray.tfrecords", 4))
+
+
 def test_truncated_tfrecords_are_reported(tmp_path):
   images = np.zeros((3, 3, 4, 4), np.uint8)
   _write_records(tmp_path / "full.tfrecords", images)

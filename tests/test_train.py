@@ -80,8 +80,10 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
   finally:
     if proc.poll() is None:
       proc.kill()
-  assert proc.returncode == 0, stderr[-3000:]
+  # 143 = 128 + SIGTERM: "stopped, rerun me" for schedulers (before: 0, read as finished).
+  assert proc.returncode == 143, stderr[-3000:]
   assert "SIGTERM: checkpoint saved at step" in stderr
+  assert "preempted (SIGTERM): checkpoint saved at step" in stderr and "rerun the same command" in stderr
   saved = int(stderr.split("SIGTERM: checkpoint saved at step")[1].split(";")[0])
   assert saved in train_utils.checkpoint_steps(workdir)["checkpoints-meta"]
 

@@ -55,9 +55,9 @@ def latest_state(workdir):
   ckpts = checkpointing.Checkpoints(workdir, async_save=False)
   manager, step = ckpts.latest()
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # whatever device count saved it
-  metadata = manager.item_metadata(step)
+  metadata = manager.item_metadata(step)["default"]
   target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata.tree)
-  tree = manager.restore(step, args=ocp.args.StandardRestore(target))
+  tree = manager.restore(step, args=ocp.args.Composite(default=ocp.args.StandardRestore(target)))["default"]
   ckpts.close()
   flat = {}
 

@@ -75,6 +75,33 @@ def _build(path):
     os.replace(out, path)  # concurrent builders (pytest workers) each rename a complete file
 
 
+def _file_sha256(path):
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _write_stamp(path, key):
+  """Records, beside the built library, the key it was built for and the digest of its bytes."""
+  stamp = path + ".stamp"
+  with open(stamp + ".tmp", "w") as f:
+    f.write(f"{key} {_file_sha256(path)}\n")
+  os.replace(stamp + ".tmp", stamp)
+
+
+def _cached_build_matches(path, key):
+  """Whether the cached library at `path` is the complete build of `key`: its stamp names `key` and the
+  digest of the file's bytes (a truncated, overwritten or foreign file under the right name is rebuilt)."""
+  try:
+    with open(path + ".stamp") as f:
+      stamped_key, stamped_digest = f.read().split()
+    return stamped_key == key and stamped_digest == _file_sha256(path)
+  except (OSError, ValueError):
+    return False
+
+
 @functools.cache
 def library():
   """The built and loaded FFI library, its handlers registered with XLA:CPU (once per process)."""
@@ -91,8 +118,9 @@ def library():
     except importlib.metadata.PackageNotFoundError:
       pass  # a missing oneDNN wheel is reported by `_build` with what to install
   path = os.path.join(files.cache_dir(), "native", f"score_sde_native-{key.hexdigest()[:16]}.so")
-  if not os.path.exists(path):
+  if not _cached_build_matches(path, key.hexdigest()):
     _build(path)
+    _write_stamp(path, key.hexdigest())
   lib = ctypes.cdll.LoadLibrary(path)
   for target in TARGETS:
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)), platform="cpu")
