@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde import config_checks, losses
+from score_sde import config_checks, losses, train_state
 from score_sde.models import ops
 from score_sde.models import utils as mutils
 
@@ -73,15 +73,12 @@ def build_step(config, conv_impl=None):
   sde, model = config_checks.validate_config(config)
   b, s, c = config.training.batch_size, config.data.image_size, config.data.num_channels
   optimizer = losses.get_optimizer(config.optim)
-  label_dtype = jnp.float32 if config.training.continuous else jnp.int32
-  params = mutils.compile_once(lambda k: mutils.init_params(model, k, (1, s, s, c), label_dtype), jax.random.PRNGKey(0))
-  state = losses.create_train_state(params, optimizer)
-  if "ops" in model.__dataclass_fields__:
-    model = model.clone(ops=train_ops(config, conv_impl))
+  state = train_state.init_train_state(config, model, jax.random.PRNGKey(0), optimizer=optimizer)
+  model = ops.with_ops(model, train_ops(config, conv_impl))
   step = losses.get_train_step(losses.get_loss_fn_from_config(config, sde, model, train=True), optimizer,
                                config.model.ema_rate)
   batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (b, s, s, c))}
-  return step, state, batch, jax.random.PRNGKey(2), mutils.count_params(params)
+  return step, state, batch, jax.random.PRNGKey(2), mutils.count_params(state.params)
 
 
 def compile_step(config):

@@ -104,6 +104,10 @@ class Checkpoints:
     step, _, manager = max(candidates, key=lambda c: (c[0], c[1]))
     return manager, step
 
+  def all_steps(self):
+    """The steps of every complete checkpoint, kept snapshots and the preemption one, sorted."""
+    return sorted(set(self.snapshots.all_steps()) | set(self.preemption.all_steps()))
+
   def restore_latest(self, abstract_state):
     """The newest checkpoint restored onto `abstract_state`'s shapes and shardings, or None if there is none."""
     manager, step = self.latest()
@@ -116,8 +120,7 @@ class Checkpoints:
     for manager in (self.snapshots, self.preemption):
       if step in manager.all_steps():
         return self._restore(manager, step, abstract_state)
-    steps = sorted(set(self.snapshots.all_steps()) | set(self.preemption.all_steps()))
-    raise CheckpointError(f"no checkpoint of step {step} in {self.workdir}; available steps: {steps}.")
+    raise CheckpointError(f"no checkpoint of step {step} in {self.workdir}; available steps: {self.all_steps()}.")
 
   def _restore(self, manager, step, abstract_state):
     where = os.path.join(str(manager.directory), str(step))
@@ -159,11 +162,10 @@ class Checkpoints:
     found = tree_checksum(state)
     bad = sorted(k for k in set(recorded) | set(found) if recorded.get(k) != found.get(k))
     if bad:
-      steps = sorted(set(self.snapshots.all_steps()) | set(self.preemption.all_steps()))
       raise CheckpointError(
           f"checkpoint {where} is corrupt: {len(bad)} of its {len(found)} arrays (e.g. {bad[0]}) differ from the "
-          f"checksums recorded when it was written; use an earlier step (steps here: {steps}; move this one out of "
-          "the workdir to resume from the one before) or restore a backup.")
+          f"checksums recorded when it was written; use an earlier step (steps here: {self.all_steps()}; move this "
+          "one out of the workdir to resume from the one before) or restore a backup.")
 
   def save(self, step, state, snapshot):
     manager = self.snapshots if snapshot else self.preemption

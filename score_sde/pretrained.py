@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from score_sde import checkpointing, losses, pretrained_flax2021, pretrained_torch
+from score_sde import checkpointing, losses, pretrained_flax2021, pretrained_torch, train_state
+from score_sde.models import utils as mutils
 from score_sde.pretrained_layout import abstract_params, to_flax_layout, to_torch_layout, torch_layout
 
 __all__ = ["FLAX_2021", "ORBAX", "TORCH_PORT", "CheckpointError", "abstract_params", "detect_format",
@@ -74,17 +75,11 @@ def _orbax_location(path):
 
 
 # --------------------------------------------------------------------------------------------- Orbax
-def _abstract_train_state(config):
-  _, params, _ = abstract_params(config)
-  optimizer = losses.get_optimizer(config.optim)
-  return jax.eval_shape(lambda p: losses.create_train_state(p, optimizer), params)
-
-
 def _load_orbax(path, config):
   from score_sde import parallel  # pylint: disable=g-import-not-at-top
   workdir, step = _orbax_location(path)
-  abstract = parallel.abstract_with_sharding(_abstract_train_state(config),
-                                             parallel.replicated(parallel.make_mesh()))
+  abstract = train_state.abstract_train_state(config, mutils.create_model(config),
+                                              parallel.replicated(parallel.make_mesh()))
   ckpts = checkpointing.Checkpoints(workdir, read_only=True)
   try:
     return ckpts.restore_latest(abstract) if step is None else ckpts.restore_step(step, abstract)

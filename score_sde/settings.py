@@ -9,6 +9,7 @@ that a section does not name (2021 keys we do not use, a model's architecture kn
 """
 import dataclasses
 import typing
+from typing import ClassVar
 
 _MISSING = dataclasses.MISSING
 
@@ -48,13 +49,19 @@ def _read(cls, section, prefix):
   return cls(**values)
 
 
-def _section(config, name):
-  return config[name] if name in config else None
+class _Section:
+  """A config section's settings: `from_config(config)` reads `config[SECTION]` into the dataclass."""
+  SECTION: ClassVar[str]
+
+  @classmethod
+  def from_config(cls, config):
+    return _read(cls, config[cls.SECTION] if cls.SECTION in config else None, cls.SECTION)
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainingSettings:
+class TrainingSettings(_Section):
   """`config.training`: the objective, the run's length and its events."""
+  SECTION: ClassVar[str] = "training"
   sde: str
   continuous: bool = True                 # continuous-time labels (else the discrete SMLD / DDPM chain)
   reduce_mean: bool = False
@@ -70,14 +77,12 @@ class TrainingSettings:
   init_from: str = ""                     # start from this checkpoint (2021 Flax, PyTorch port .pth, Orbax)
   conv_impl: str = "auto"                 # how the train step computes convs / GroupNorm: auto | xla | onednn
 
-  @classmethod
-  def from_config(cls, config):
-    return _read(cls, _section(config, "training"), "training")
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplingSettings:
+class SamplingSettings(_Section):
   """`config.sampling`: which sampler and its knobs (each sampler reads the fields it documents)."""
+  SECTION: ClassVar[str] = "sampling"
   method: str = "pc"                      # a name in sampling.registered_samplers()
   predictor: str = "euler_maruyama"
   corrector: str = "none"
@@ -94,13 +99,14 @@ class SamplingSettings:
 
   @classmethod
   def from_config(cls, config):
-    settings = _read(cls, _section(config, "sampling"), "sampling")
+    settings = super().from_config(config)
     return dataclasses.replace(settings, method=settings.method.lower())
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalSettings:
+class EvalSettings(_Section):
   """`config.eval`: which checkpoints, which metrics, and the conventions they are computed with."""
+  SECTION: ClassVar[str] = "eval"
   begin_ckpt: int = 9
   end_ckpt: int = 26
   ckpt_wait_secs: float = 6 * 3600
@@ -128,14 +134,12 @@ class EvalSettings:
   stats_path: str = ""
   classifier_path: str = ""
 
-  @classmethod
-  def from_config(cls, config):
-    return _read(cls, _section(config, "eval"), "eval")
 
 
 @dataclasses.dataclass(frozen=True)
-class DataSettings:
+class DataSettings(_Section):
   """`config.data`: the data set, its shape and preprocessing, and where it is read from."""
+  SECTION: ClassVar[str] = "data"
   dataset: str
   image_size: int
   num_channels: int
@@ -146,9 +150,6 @@ class DataSettings:
   tfrecords_path: str = ""                # FFHQ / CelebA-HQ TFRecords
   category: str = "bedroom"               # LSUN
 
-  @classmethod
-  def from_config(cls, config):
-    return _read(cls, _section(config, "data"), "data")
 
 
 @dataclasses.dataclass(frozen=True)

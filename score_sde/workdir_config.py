@@ -9,6 +9,7 @@ from may change between runs (`MAY_CHANGE`).
 import json
 
 from etils import epath
+from flax import traverse_util
 
 from score_sde import files
 
@@ -22,20 +23,9 @@ MAY_CHANGE = (
 )
 
 
-def _flat(tree, prefix=""):
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      out.update(_flat(value, name + "."))
-    else:
-      out[name] = value
-  return out
-
-
 def _identity(config_dict):
   """The flat {key: value} of a config (as JSON values) without the keys that may change."""
-  flat = _flat(config_dict)
+  flat = traverse_util.flatten_dict(config_dict, sep=".")
   return {k: v for k, v in flat.items() if not any(k == m or k.startswith(m + ".") for m in MAY_CHANGE)}
 
 

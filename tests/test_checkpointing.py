@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from score_sde import checkpointing
+from tests import train_utils
 
 
 def state(scale=1.0, width=3):
@@ -70,17 +71,6 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
   ckpts.close()
 
 
-def _data_files(step_dir):
-  """The array data files of a written checkpoint (not its metadata), largest first."""
-  out = []
-  for root, _, names in os.walk(step_dir / "default"):
-    for name in names:
-      path = os.path.join(root, name)
-      if "METADATA" not in name and "manifest" not in name:
-        out.append((os.path.getsize(path), path))
-  return [p for _, p in sorted(out, reverse=True)]
-
-
 def test_bit_flips_in_the_data_are_never_restored_silently(tmp_path):
   """Bytes changed after the write: every restore either raises CheckpointError or returns the exact arrays
   (a flip in bytes no array reads). Before checksums, a flip in the data restored changed numbers."""
@@ -90,7 +80,7 @@ def test_bit_flips_in_the_data_are_never_restored_silently(tmp_path):
   ckpts.save(4, original, snapshot=True)
   ckpts.wait()
   ckpts.close()
-  data_file = _data_files(tmp_path / "w" / "checkpoints" / "4")[0]
+  data_file = train_utils.checkpoint_data_files(tmp_path / "w" / "checkpoints" / "4")[0]
   size = os.path.getsize(data_file)
   outcomes = []
   for k, position in enumerate(np.linspace(size // 8, size - 1, 6).astype(int)):

@@ -47,6 +47,18 @@ def checkpoint_steps(workdir):
   return steps
 
 
+def checkpoint_data_files(step_dir):
+  """The array data files of a written checkpoint folder `<workdir>/checkpoints/<step>` (not its metadata),
+  largest first: where tests flip bits to damage a checkpoint."""
+  out = []
+  for root, _, names in os.walk(os.path.join(step_dir, "default")):
+    for name in names:
+      if "METADATA" not in name and "manifest" not in name:
+        path = os.path.join(root, name)
+        out.append((os.path.getsize(path), path))
+  return [p for _, p in sorted(out, reverse=True)]
+
+
 def latest_state(workdir):
   """The newest checkpoint as a flat {path: numpy array} dict (no model needed)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
