@@ -34,7 +34,9 @@ setup(
             "onednn-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
             "onednn-devel-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
         ],
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "torch==2.13.0"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "torch==2.13.0", "matplotlib>=3.8,<4"],
+        # plots (score_sde/latents.py: the rate-distortion curve)
+        "plot": ["matplotlib>=3.8,<4"],
         # reading the PyTorch port's .pth checkpoints (score_sde/pretrained.py)
         "torch": ["torch>=2.4"],
     },

@@ -32,11 +32,14 @@ def get_default_configs():
   sampling.num_steps = 50                    # ddim / heun: steps K (heun: 2K - 1 score evaluations)
   sampling.time_grid = "uniform"             # ddim / heun: uniform | quadratic | edm
   sampling.ddim_eta = 0.0                    # ddim: 0 deterministic, 1 DDPM-like noise
+  sampling.ode_method = "rk45"               # ode: a solver of score_sde.flow.ode_methods()
+  sampling.ode_rtol = 1e-5                   # ode: the solver's tolerances
+  sampling.ode_atol = 1e-5
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 9
   evaluate.end_ckpt = 26
-  evaluate.ckpt_wait_secs = 6 * 3600        # eval waits this long for a checkpoint training has not written
+  evaluate.ckpt_wait_secs = 6 * 3600        # eval waiting for a checkpoint gives up after this long with none new
   evaluate.ckpt_id = -1                      # -1: the latest checkpoint (sample mode)
   evaluate.pretrained = ""                   # sample / eval this released checkpoint instead of the workdir's
   evaluate.batch_size = 1024
@@ -55,7 +58,10 @@ def get_default_configs():
   evaluate.bpd_hutchinson = "Rademacher"     # Rademacher | Gaussian | exact (small data only)
   evaluate.uint8_rounding = False            # samples to uint8: False truncates as 2021 did; True rounds
   evaluate.inception_path = ""               # converted FID Inception .npz (scripts/convert_inception_weights.py)
+  evaluate.inception_v3_path = ""            # converted Inception-v3 (Keras) .npz, the 256 px configs' network
+  evaluate.feature_network = ""              # "" = the 2021 choice for the data set and resolution
   evaluate.stats_dir = ""                    # reference statistics folder; "" = assets/stats in the repository
+  evaluate.stats_path = ""                   # one reference statistics file (overrides stats_dir)
   evaluate.classifier_path = ""              # digits: the classifier cache; "" = ~/.cache/score_sde (SCORE_SDE_CACHE)
 
   config.data = data = ml_collections.ConfigDict()

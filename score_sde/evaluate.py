@@ -13,13 +13,20 @@ training), with the EMA parameters, whichever of these are enabled:
                    against the dataset's reference statistics (`--mode stats` writes them)
 
 Everything is written under `<workdir>/<eval_folder>/ckpt_<step>/`: one npz per finished unit of work (a loss
-batch set, a bpd or VLB batch, a sampling round); a unit already on disk is never redone, so an eval killed at
-any point and restarted skips straight to the first missing unit and produces the same report. Each
-checkpoint ends with `report.json` + `report.npz`, and `<eval_folder>/report.md` lists all of them.
+batch set, a bpd or VLB batch, a sampling round), each metric's units in a folder `<metric>-<digest>/` named by
+everything that determines them (`work_keys`: the checkpoint's parameters, model, SDE, data, seed, batch size
+and the metric's own settings; `key.json` there). A unit already on disk is never redone, so an eval killed at
+any point and restarted skips straight to the first missing unit and produces the same report, while an eval
+with other settings computes into folders of its own. Each checkpoint's `report.json` (+ `report.npz`) merges
+the metrics of every eval run on it (the newest run's value where two computed the same metric; the units
+folder of each metric is named beside it), `history.jsonl` there keeps every run's report as it was, and
+`<eval_folder>/report.md` lists all checkpoints.
 """
+import dataclasses
 import json
 import math
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -28,50 +35,10 @@ from etils import epath
 from jax.experimental import multihost_utils
 import tqdm
 
-from score_sde import (checkpointing, config_checks, datasets, files, image_utils, losses, parallel, sampling,
-                       settings, train_state)
+from score_sde import (config_checks, datasets, files, image_utils, losses, parallel, sampling, settings,
+                       train_state, work_keys)
+from score_sde.checkpoint_wait import checkpoint_steps, wait_for_checkpoint
 from score_sde.models import utils as mutils
-
-# How often to look for a checkpoint that training has not written yet.
-_POLL_SECONDS = 60
-
-
-# ------------------------------------------------------------------------------------------- checkpoint range
-def checkpoint_steps(config):
-  """The training steps of checkpoints begin_ckpt..end_ckpt (inclusive)."""
-  e, t = config.eval, config.training
-  if e.begin_ckpt < 1 or e.end_ckpt < e.begin_ckpt:
-    raise ValueError(f"eval.begin_ckpt={e.begin_ckpt}, eval.end_ckpt={e.end_ckpt}: need 1 <= begin_ckpt <= "
-                     "end_ckpt (checkpoint k is the snapshot at step k * training.snapshot_freq).")
-  steps = [k * t.snapshot_freq for k in range(e.begin_ckpt, e.end_ckpt + 1)]
-  if steps[-1] > t.n_iters:
-    raise ValueError(f"eval.end_ckpt={e.end_ckpt} is step {steps[-1]}, beyond training.n_iters={t.n_iters}: it will "
-                     f"never be written; use eval.end_ckpt <= {t.n_iters // t.snapshot_freq}.")
-  return steps
-
-
-def wait_for_checkpoint(workdir, step, timeout):
-  """Blocks until the snapshot of `step` exists (training may still be running), at most `timeout` seconds."""
-  ckpts = checkpointing.Checkpoints(workdir, read_only=True)
-  try:
-    deadline = time.time() + timeout
-    announced = False
-    while True:
-      ckpts.snapshots.reload()
-      ckpts.preemption.reload()
-      if step in ckpts.snapshots.all_steps() or step in ckpts.preemption.all_steps():
-        return
-      if time.time() >= deadline:
-        raise checkpointing.CheckpointError(
-            f"checkpoint of step {step} did not appear in {workdir} within {timeout:.0f} s "
-            "(eval.ckpt_wait_secs); train further or lower eval.end_ckpt.")
-      if not announced:
-        logging.info("Waiting for the checkpoint of step %d in %s ...", step, workdir)
-        announced = True
-      time.sleep(min(_POLL_SECONDS, max(0.0, deadline - time.time())))
-  finally:
-    ckpts.close()
-
 
 # ------------------------------------------------------------------------------------------ resumable units
 def _load_npz(path):
@@ -86,14 +53,17 @@ def _save_npz(path, arrays):
     files.save_npz(path, arrays)
 
 
-def _unit(path, compute):
-  """The arrays of a finished unit of work: loaded if `path` exists, else computed and saved."""
+def _unit(path, compute, complete=lambda arrays: True):
+  """The arrays of a finished unit of work: loaded if `path` exists and holds a `complete` unit, else computed
+  and saved."""
   if path.exists():
     try:
-      return _load_npz(path), False
+      arrays = _load_npz(path)
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it and rerun to redo that unit.") \
           from e
+    if complete(arrays):
+      return arrays, False
   arrays = {k: np.asarray(v) for k, v in compute().items()}
   _save_npz(path, arrays)
   return arrays, True
@@ -137,6 +107,21 @@ class _Context:
       key = jax.random.fold_in(key, p)
     return key
 
+  def units(self, ckpt, kind, eval_keys, with_sampling=False):
+    """The folder of `kind`'s units for `ckpt`, named by what determines them (`work_keys`)."""
+    key = work_keys.work_key(self.config, ckpt.step, ckpt.digest, eval_keys=("batch_size",) + tuple(eval_keys),
+                             with_sampling=with_sampling)
+    return work_keys.unit_folder(ckpt.out, kind, key)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Checkpoint:
+  """One checkpoint under evaluation: its step, EMA parameters, their digest, and its output folder."""
+  step: int
+  params: Any
+  digest: str
+  out: epath.Path
+
 
 def _batches(ctx, split, dequantize, pass_index, start_batch):
   return datasets.eval_iterator(ctx.config, split, process_index=ctx.pi, process_count=ctx.pc,
@@ -160,35 +145,35 @@ def make_loss_eval(ctx):
   loss_fn = losses.get_loss_fn_from_config(config, ctx.sde, ctx.model, train=False)
   loss_step = jax.jit(lambda p, x, key: loss_fn(p, ctx.scaler(x), key), out_shardings=ctx.repl)
 
-  def run(params, step, out):
+  def run(ckpt):
 
     def compute():
       values = []
       for b, batch in enumerate(_batches(ctx, "test", None, 0, 0)):
         if _gather(batch["mask"]).min() < 1:  # the padded last batch
           continue
-        values.append(float(loss_step(params, ctx.global_batch(batch["image"]), ctx.rng(step, 0, b))))
+        values.append(float(loss_step(ckpt.params, ctx.global_batch(batch["image"]), ctx.rng(ckpt.step, 0, b))))
       if not values:
         raise ValueError(f"the test split has fewer examples than eval.batch_size={config.eval.batch_size}: "
                          "lower it to evaluate the loss.")
       return {"loss": np.array(values)}
 
-    arrays, _ = _unit(out / "loss.npz", compute)
-    return {"eval_loss": float(arrays["loss"].mean())}
+    folder = ctx.units(ckpt, "loss", ())
+    arrays, _ = _unit(folder / "loss.npz", compute)
+    return {"eval_loss": float(arrays["loss"].mean()), "eval_loss_units": folder.name}
 
   return run
 
 
-def _per_example_units(ctx, params, step, out, name, split, dequantize, passes, fn, fields, desc):
+def _per_example_units(ctx, ckpt, folder, split, dequantize, passes, fn, fields, desc):
   """Runs `fn(rng, params, data) -> dict of (B,) arrays [+ 'nfe']` over `passes` passes of a split, one npz per
-  batch.
+  batch in `folder`.
 
   Returns ({field: all valid values, concatenated}, the NFE of every batch (0 where fn reports none), the
   seconds spent computing, the examples computed now).
   """
   n_batches = math.ceil(datasets.num_examples(ctx.config, split) / ctx.config.eval.batch_size)
-  folder = out / name
-  folder.mkdir(parents=True, exist_ok=True)
+  step, params = ckpt.step, ckpt.params
   values, nfes = {f: [] for f in fields}, []
   seconds, computed = 0.0, 0
 
@@ -252,12 +237,14 @@ def make_bpd_eval(ctx):
     bpd, _, nfe = likelihood_fn(key, params, data)
     return {"bpd": bpd, "nfe": nfe}
 
-  def run(params, step, out):
-    values, nfes, seconds, computed = _per_example_units(ctx, params, step, out, "bpd", e.bpd_dataset, True,
-                                                         passes, fn, ("bpd",), "bpd")
+  def run(ckpt):
+    # Pass p's units do not depend on how many passes there are: more repeats reuse the earlier ones.
+    folder = ctx.units(ckpt, "bpd", ("bpd_dataset", "bpd_method", "bpd_rtol", "bpd_atol", "bpd_hutchinson"))
+    values, nfes, seconds, computed = _per_example_units(ctx, ckpt, folder, e.bpd_dataset, True, passes, fn,
+                                                         ("bpd",), "bpd")
     bpd = values["bpd"]
     report = {"bpd": float(bpd.mean()), "bpd_stderr": float(bpd.std() / np.sqrt(len(bpd))),
-              "bpd_examples": int(len(bpd)), "bpd_mean_nfe": float(np.mean(nfes))}
+              "bpd_examples": int(len(bpd)), "bpd_mean_nfe": float(np.mean(nfes)), "bpd_units": folder.name}
     if computed:
       report["bpd_seconds_per_image"] = seconds / computed
     return report
@@ -269,8 +256,8 @@ def make_vlb_eval(ctx):
   """The DDPM variational bound in bits/dim (rate + distortion) over the test split, no dequantisation.
 
   With eval.vlb_clip_denoised (default True) the x0 prediction is clipped to the data range before each
-  posterior mean, as the DDPM code's bits/dim loop did (`vlb.get_vlb_fn`); the unclipped bound's units live
-  in their own folder, so the two are never mixed on resumption.
+  posterior mean, as the DDPM code's bits/dim loop did (`vlb.get_vlb_fn`); the option is part of the units'
+  key, so the clipped and unclipped bounds are never mixed on resumption.
   """
   from score_sde import vlb  # pylint: disable=g-import-not-at-top
   clip = ctx.eval.vlb_clip_denoised
@@ -280,10 +267,11 @@ def make_vlb_eval(ctx):
                           continuous=ctx.config.training.continuous, clip_denoised=clip)
   fields = ("bpd", "rate", "distortion", "prior")
 
-  def run(params, step, out):
-    values, _, seconds, computed = _per_example_units(ctx, params, step, out, "vlb" if clip else "vlb_unclipped",
-                                                      "test", False, 1, vlb_fn, fields, "vlb")
+  def run(ckpt):
+    folder = ctx.units(ckpt, "vlb", ("vlb_model_var", "vlb_clip_denoised"))
+    values, _, seconds, computed = _per_example_units(ctx, ckpt, folder, "test", False, 1, vlb_fn, fields, "vlb")
     report = {f"vlb_{f}": float(values[f].mean()) for f in fields}
+    report["vlb_units"] = folder.name
     report["vlb_examples"] = int(len(values["bpd"]))
     report["vlb_clip_denoised"] = clip
     if computed:
@@ -308,15 +296,18 @@ def make_sample_eval(ctx):
   rounds = math.ceil(num_samples / batch)
   rounding = ctx.eval.uint8_rounding  # False: the 2021 truncation (image_utils.to_uint8)
 
-  def run(params, step, out):
-    folder = out / "samples"
-    folder.mkdir(parents=True, exist_ok=True)
+  def run(ckpt):
+    # eval.num_samples is not part of the key: round r holds the first images of the batch its rng draws, so
+    # more samples reuse every full round and redraw only a shorter last one.
+    folder = ctx.units(ckpt, "samples", ("uint8_rounding", "feature_network", "inception_path", "inception_v3_path"),
+                       with_sampling=True)
     pool, logits, seconds, drawn, nfe = [], [], 0.0, 0, None
-    for r in tqdm.trange(rounds, desc=f"sampling step {step}", disable=not ctx.is_main):
+    for r in tqdm.trange(rounds, desc=f"sampling step {ckpt.step}", disable=not ctx.is_main):
+      wanted = min(batch, num_samples - r * batch)
 
-      def compute(r=r):
-        samples, round_nfe = sample_fn(ctx.rng(step, 1000, r), params)
-        images = image_utils.to_uint8(_gather(samples)[:min(batch, num_samples - r * batch)], rounding)
+      def compute(r=r, wanted=wanted):
+        samples, round_nfe = sample_fn(ctx.rng(ckpt.step, 1000, r), ckpt.params)
+        images = image_utils.to_uint8(_gather(samples)[:wanted], rounding)
         features = feature_fn(images)
         if ctx.is_main and r == 0:
           with (folder / "samples_0.png").open("wb") as f:
@@ -325,16 +316,16 @@ def make_sample_eval(ctx):
                 "nfe": np.asarray(round_nfe)}
 
       begin = time.perf_counter()
-      arrays, new = _unit(folder / f"samples_{r}.npz", compute)
+      arrays, new = _unit(folder / f"samples_{r}.npz", compute, lambda a, n=wanted: len(a["samples"]) >= n)
       if new:
         seconds += time.perf_counter() - begin
         drawn += len(arrays["samples"])
       nfe = int(arrays["nfe"])
-      pool.append(arrays["pool_3"])
-      logits.append(arrays["logits"])
+      pool.append(arrays["pool_3"][:wanted])
+      logits.append(arrays["logits"][:wanted])
     metrics = evaluation.compute_metrics(np.concatenate(pool), np.concatenate(logits), ref_stats)
     report = {k: float(v) for k, v in metrics.items()}
-    report.update(num_samples=num_samples, sampling_nfe=nfe)
+    report.update(num_samples=num_samples, sampling_nfe=nfe, samples_units=folder.name)
     if drawn:
       report["sampling_seconds_per_image"] = seconds / drawn
     return report
@@ -348,18 +339,33 @@ _EVALUATORS = (("enable_loss", make_loss_eval), ("enable_bpd", make_bpd_eval), (
 
 
 # ---------------------------------------------------------------------------------------------------- driver
-def _write_reports(ctx, step, out, report):
+def _read_json(path):
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}); move it away (its runs are also in "
+                     "history.jsonl beside it) and rerun.") from e
+
+
+def _write_reports(ctx, out, report):
+  """Merges this run's `report` into the checkpoint's report.json (earlier runs' other metrics stay), appends it
+  to history.jsonl, and rewrites report.md; returns the merged report."""
+  merged = (_read_json(out / "report.json") if (out / "report.json").exists() else {}) | report
   if not ctx.is_main:
-    return
-  files.write_atomically(out / "report.json", lambda f: json.dump(report, f, indent=1, sort_keys=True), "w")
-  _save_npz(out / "report.npz", {k: np.asarray(v) for k, v in report.items()})
-  lines = ["| step | " + " | ".join(sorted(report)) + " |", "|" + "---|" * (len(report) + 1)]
-  for path in sorted(ctx.eval_dir.glob("ckpt_*/report.json"), key=lambda p: int(p.parent.name.split("_")[1])):
-    with path.open() as f:
-      r = json.load(f)
-    lines.append(f"| {path.parent.name.split('_')[1]} | " +
-                 " | ".join(_fmt(r.get(k, "")) for k in sorted(report)) + " |")
+    return merged
+  history = (out / "history.jsonl").read_text() if (out / "history.jsonl").exists() else ""
+  files.write_atomically(out / "history.jsonl",
+                         lambda f: f.write(history + json.dumps(report, sort_keys=True) + "\n"), "w")
+  files.write_atomically(out / "report.json", lambda f: json.dump(merged, f, indent=1, sort_keys=True), "w")
+  _save_npz(out / "report.npz", {k: np.asarray(v) for k, v in merged.items()})
+  paths = sorted(ctx.eval_dir.glob("ckpt_*/report.json"), key=lambda p: int(p.parent.name.split("_")[1]))
+  reports = [(p.parent.name.split("_")[1], _read_json(p)) for p in paths]
+  columns = sorted({k for _, r in reports for k in r} - {"step"})
+  lines = ["| step | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+  for step, r in reports:
+    lines.append(f"| {step} | " + " | ".join(_fmt(r.get(k, "")) for k in columns) + " |")
   files.write_atomically(ctx.eval_dir / "report.md", lambda f: f.write("\n".join(lines) + "\n"), "w")
+  return merged
 
 
 def _fmt(v):
@@ -386,14 +392,15 @@ def evaluate(config, workdir, eval_folder="eval"):
       assert restored_step == step, (restored_step, step)
     out = ctx.eval_dir / f"ckpt_{step}"
     out.mkdir(parents=True, exist_ok=True)
+    ckpt = _Checkpoint(step, params, work_keys.params_digest(params), out)
     report = {"step": step}
     for run in evaluators:
-      report.update(run(params, step, out))
-    _write_reports(ctx, step, out, report)
-    summary = ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(report.items()) if k != "step")
+      report.update(run(ckpt))
+    reports[step] = _write_reports(ctx, out, report)
+    summary = ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(report.items()) if k != "step" and
+                        not k.endswith("_units"))
     logging.info("Step %d: %s", step, summary)
     print(f"step {step}: {summary}  -> {out / 'report.json'}")
-    reports[step] = report
   return reports
 
 

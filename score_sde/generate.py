@@ -1,8 +1,12 @@
 """`--mode sample`: draws `eval.num_samples` images from a checkpoint's EMA parameters, in resumable rounds.
 
-Round r uses rng fold_in(seed, r) and is written as `<workdir>/<eval_folder>/samples/step_<s>/samples_<r>.npz`
-(uint8) plus a PNG grid; a finished round is never redone, so an interrupted run picks up where it stopped and
-produces the same files.
+Round r uses rng fold_in(seed, r) and is written as
+`<workdir>/<eval_folder>/samples/step_<s>/<method>-<digest>/samples_<r>.npz` (uint8) plus a PNG grid, the
+folder's name a digest of everything that determines the rounds (`work_keys`: checkpoint, model, SDE, data,
+seed, the sampler and its settings, batch size; `key.json` there lists it). A finished round is never redone,
+so an interrupted run picks up where it stopped and produces the same files; a run with another sampler or
+batch size draws anew into its own folder. `eval.num_samples` is not part of the key: a round holds the first
+images of the batch its rng draws, so raising the number redraws only the (shorter) last round.
 """
 import math
 import time
@@ -14,7 +18,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 import tqdm
 
-from score_sde import config_checks, datasets, files, image_utils, parallel, sampling, settings, train_state
+from score_sde import (config_checks, datasets, files, image_utils, parallel, sampling, settings, train_state,
+                       work_keys)
 from score_sde.models import utils as mutils
 
 
@@ -32,8 +37,10 @@ def sample(config, workdir, eval_folder="eval"):
                                      datasets.get_data_inverse_scaler(config), sde.default_sampling_eps,
                                      sharding=parallel.sampler_sharding(mesh))
   sample_fn = jax.jit(sampler, out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh)))
-  folder = epath.Path(workdir) / eval_folder / "samples" / f"step_{step}"
-  folder.mkdir(parents=True, exist_ok=True)
+  key = work_keys.work_key(config, step, work_keys.params_digest(params), eval_keys=("batch_size", "uint8_rounding"),
+                           with_sampling=True)
+  folder = work_keys.unit_folder(epath.Path(workdir) / eval_folder / "samples" / f"step_{step}",
+                                 settings.SamplingSettings.from_config(config).method, key)
   rounds = math.ceil(num_samples / batch)
   rounding = settings.EvalSettings.from_config(config).uint8_rounding  # False: the 2021 truncation (image_utils.to_uint8)
   base_rng = jax.random.PRNGKey(config.seed)
@@ -41,14 +48,15 @@ def sample(config, workdir, eval_folder="eval"):
   done, drawn, seconds, nfe = 0, 0, 0.0, None
   for r in tqdm.trange(rounds, desc=f"sampling step {step}", disable=not is_main):
     path = folder / f"samples_{r}.npz"
-    if path.exists():  # finished before an interruption: never redone
+    wanted = min(batch, num_samples - r * batch)
+    if path.exists() and _round_size(path) >= wanted:  # finished before an interruption: never redone
       done += 1
       continue
     start = time.perf_counter()
     images, nfe = sample_fn(jax.random.fold_in(base_rng, r), params)
     images = np.asarray(multihost_utils.process_allgather(images, tiled=True))
     seconds += time.perf_counter() - start
-    images = image_utils.to_uint8(images[:min(batch, num_samples - r * batch)], rounding)
+    images = image_utils.to_uint8(images[:wanted], rounding)
     drawn += len(images)
     if is_main:
       # The npz is the round's 'done' marker, so it is written last.
@@ -62,3 +70,15 @@ def sample(config, workdir, eval_folder="eval"):
   else:
     print(f"all {rounds} rounds already in {folder}; nothing to do.")
   return folder
+
+
+def _round_size(path):
+  """The number of images in a finished round's npz."""
+  try:
+    with path.open("rb") as f:
+      with np.load(f) as data:
+        return len(data["samples"])
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it and rerun to redraw that round.") \
+        from e
+

@@ -20,8 +20,8 @@ from etils import epath
 from clu import metric_writers
 from clu import periodic_actions
 
-from score_sde import (checkpointing, config_checks, datasets, image_utils, losses, parallel, sampling, settings,
-                       train_state, workdir_config)
+from score_sde import (checkpointing, config_checks, datasets, files, image_utils, losses, parallel, sampling,
+                       settings, train_state, workdir_config)
 from score_sde.models import ops as ops_lib
 from score_sde.models import utils as mutils
 
@@ -153,6 +153,9 @@ def train(config, workdir):
   t = settings.TrainingSettings.from_config(config)
   h, w, c = config.data.image_size, config.data.image_size, config.data.num_channels
   is_main = jax.process_index() == 0
+  if t.init_from and not any((epath.Path(workdir) / d).exists() for d in ("checkpoints", "checkpoints-meta")):
+    from score_sde import pretrained  # pylint: disable=g-import-not-at-top
+    pretrained.detect_format(t.init_from)  # a missing or foreign file is refused before the workdir is touched
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs:// (TPU pods write to a bucket)
 
   # ---- mesh: batch over every device, parameters replicated
@@ -172,6 +175,8 @@ def train(config, workdir):
       checkpoints.close()
       raise ValueError(f"--workdir={workdir} is at step {int(state.step)}, past training.n_iters={t.n_iters}: raise "
                        "training.n_iters to train further (nothing was changed).")
+    if is_main:  # the keys that may change (n_iters, frequencies) as this run has them, for eval to read
+      workdir_config.record(config, workdir)
   elif is_main:
     workdir_config.record(config, workdir)
   if state is None and t.init_from:
@@ -245,18 +250,32 @@ def train(config, workdir):
   writer = metric_writers.create_default_writer(os.path.join(workdir, "tensorboard"), just_logging=not is_main)
   report_progress = periodic_actions.ReportProgress(num_train_steps=t.n_iters, writer=writer)
 
+  def samples_folder(step):
+    return epath.Path(workdir) / "samples" / f"iter_{step}"
+
   def write_samples(step, params):
     samples = sample_fn(jax.random.fold_in(sample_rng, step), params)
     samples = np.asarray(multihost_utils.process_allgather(samples, tiled=True))
     if is_main:
-      folder = epath.Path(workdir) / "samples" / f"iter_{step}"
+      folder = samples_folder(step)
       folder.mkdir(parents=True, exist_ok=True)
       images = image_utils.to_uint8(samples)
-      with (folder / "samples.npz").open("wb") as f:
-        np.savez_compressed(f, samples=images)
-      with (folder / "samples.png").open("wb") as f:
-        image_utils.save_grid(images, f, scale=4 if h <= 32 else 1)
+      # The npz marks the grid done (see the resume below), so it is written last; both atomically.
+      scale = 4 if h <= 32 else 1
+      files.write_atomically(folder / "samples.png", lambda f: image_utils.save_grid(images, f, scale=scale))
+      files.write_atomically(folder / "samples.npz", lambda f: np.savez_compressed(f, samples=images))
       logging.info("Step %d: samples written to %s", step, folder)
+
+  # Killed between a snapshot and its samples: the samples of the checkpoint resumed from are drawn now (from
+  # the same rng, so they are the images the uninterrupted run wrote).
+  missing = (sample_fn is not None and initial_step in checkpoints.snapshots.all_steps()
+             and not (samples_folder(initial_step) / "samples.npz").exists())
+  # Process 0's view decides, so that every process joins the sampler's collectives or none does.
+  if pc > 1:
+    missing = bool(multihost_utils.broadcast_one_to_all(np.asarray(missing)))
+  if missing:
+    logging.info("Step %d: its snapshot's samples are missing; drawing them.", initial_step)
+    write_samples(initial_step, state.ema_params)
 
   # ---- loop
   step, pending = initial_step, []

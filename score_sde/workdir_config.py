@@ -1,6 +1,7 @@
 """A workdir remembers the config that created it, and refuses to continue as another run.
 
-`<workdir>/config.json` holds the training config of the run whose checkpoints the workdir keeps. A later
+`<workdir>/config.json` holds the training config of the run whose checkpoints the workdir keeps (as last
+run: a continuation that may change some keys records its values, e.g. a raised n_iters). A later
 `--mode train` on that workdir continues only when everything that defines the run is the same: the model, the
 SDE and loss, the data and its preprocessing, the batch size, the optimizer and the seed. How long to train, how
 often to log, evaluate, checkpoint and sample, how samples are drawn and evaluated, and where the data is read
@@ -47,6 +48,15 @@ def record(config, workdir):
   """Writes `<workdir>/config.json` (atomically) for a run that starts in `workdir`."""
   files.write_atomically(epath.Path(workdir) / FILE_NAME,
                          lambda f: f.write(json.dumps(as_json(config), indent=2, sort_keys=True) + "\n"), "w")
+
+
+def stored(workdir):
+  """The config stored in `workdir` (a dict), or None where there is none (or it is unreadable)."""
+  path = epath.Path(workdir) / FILE_NAME
+  try:
+    return json.loads(path.read_text()) if path.exists() else None
+  except (OSError, ValueError):
+    return None
 
 
 def check(config, workdir):

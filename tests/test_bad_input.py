@@ -67,6 +67,24 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path):
   assert path.read_text() == "keep me"
 
 
+@pytest.mark.parametrize("mode", ["eval", "sample"])
+def test_eval_and_sample_on_a_file_workdir_are_one_line(mode, tmp_path):
+  path = tmp_path / "a_file"
+  path.write_text("keep me")
+  result = run_main("--config", "configs/vp/digits.py", "--mode", mode, "--workdir", str(path))
+  assert_one_line(result, r"^error: --workdir=\S+a_file is a file, not a folder")
+  assert path.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("mode,flag", [("sample", "--config.eval.pretrained"), ("train", "--config.training.init_from")])
+def test_checkpoint_path_that_does_not_exist_is_one_line(mode, flag, tmp_path):
+  workdir = tmp_path / "run"
+  result = run_main("--config", "configs/vp/digits.py", f"{flag}={tmp_path / 'nowhere.pth'}", "--mode", mode,
+                    "--workdir", str(workdir))
+  assert_one_line(result, r"^error: checkpoint \S+nowhere.pth does not exist; check the path")
+  assert not workdir.exists()  # nothing was started
+
+
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes to read-only folders")
 def test_read_only_workdir_is_one_line(tmp_path):
   parent = tmp_path / "ro"

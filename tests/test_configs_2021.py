@@ -359,7 +359,7 @@ SKIPPED_2021 = {
 # ------------------------------------------------------------------------------ values we keep on purpose
 # (config, key) -> (our value, reason). Our value is asserted too, so a departure cannot drift.
 _CKPT_RANGE = ("2021's checkpoint range lies beyond n_iters // snapshot_freq (never written; "
-               "score_sde.evaluate.checkpoint_steps refuses it): the last ones that exist")
+               "score_sde.checkpoint_wait.checkpoint_steps refuses it): the last ones that exist")
 _TFRECORDS = "2021 hard-codes the author's local path; ours is set on the command line"
 _LSUN_FAMILY = ["ve/bedroom_ncsnpp_continuous.py", "ve/church_ncsnpp_continuous.py",
                 "ve/ffhq_256_ncsnpp_continuous.py", "ve/celebahq_256_ncsnpp_continuous.py", "vp/ddpm/bedroom.py",

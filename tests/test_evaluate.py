@@ -1,4 +1,5 @@
 """`--mode eval` end to end on a tiny trained digits model: reports, resumption at the unit level, bad input."""
+import glob
 import json
 import os
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs.vp import digits
-from score_sde import evaluate, train, train_state
+from score_sde import checkpoint_wait, evaluate, train, train_state
 
 pytestmark = pytest.mark.xdist_group("train")
 
@@ -32,6 +33,12 @@ def trained(tmp_path_factory):
 def _report(workdir, folder, step=20):
   with open(os.path.join(workdir, folder, f"ckpt_{step}", "report.json")) as f:
     return json.load(f)
+
+
+def _units(workdir, folder, kind, step=20):
+  """The one folder of `kind`'s units (`<kind>-<digest>`) of checkpoint `step`."""
+  (found,) = glob.glob(os.path.join(workdir, folder, f"ckpt_{step}", f"{kind}-*"))
+  return found
 
 
 def test_eval_killed_mid_run_resumes_without_redoing_units_and_gives_the_same_report(trained, monkeypatch):
@@ -63,6 +70,34 @@ def test_eval_killed_mid_run_resumes_without_redoing_units_and_gives_the_same_re
   assert _report(trained, "eval_resumed") == resumed
   table = open(os.path.join(trained, "eval_resumed", "report.md")).read()
   assert "| 20 |" in table and "vlb_bpd" in table
+
+
+def test_eval_reruns_keep_earlier_metrics_and_recompute_other_work(trained):
+  config = tiny_config()
+  config.eval.enable_vlb = True
+  first = evaluate.evaluate(config, trained, "eval_rerun")[20]
+  loss_units = _units(trained, "eval_rerun", "loss")
+  loss_mtime = os.stat(os.path.join(loss_units, "loss.npz")).st_mtime_ns
+  # A rerun with the VLB off keeps the VLB's numbers in the report (before, every vlb_* field was dropped).
+  config.eval.enable_vlb = False
+  second = evaluate.evaluate(config, trained, "eval_rerun")[20]
+  assert {k: v for k, v in second.items() if k.startswith("vlb_")} == \
+      {k: v for k, v in first.items() if k.startswith("vlb_")} and len([k for k in first if k.startswith("vlb_")]) >= 6
+  assert os.stat(os.path.join(loss_units, "loss.npz")).st_mtime_ns == loss_mtime  # the same work: reused
+  # The unclipped bound is other work: computed into its own folder, and it is the newest value reported.
+  config.eval.update(enable_vlb=True, vlb_clip_denoised=False)
+  third = evaluate.evaluate(config, trained, "eval_rerun")[20]
+  assert third["vlb_units"] != first["vlb_units"] and third["vlb_clip_denoised"] is False
+  assert third["vlb_bpd"] != first["vlb_bpd"]
+  # Another eval batch size changes the loss's batches: computed anew, not read from the first folder.
+  config.eval.update(enable_vlb=False, batch_size=64)
+  fourth = evaluate.evaluate(config, trained, "eval_rerun")[20]
+  assert fourth["eval_loss_units"] != first["eval_loss_units"] and fourth["eval_loss"] != first["eval_loss"]
+  assert fourth["vlb_units"] == third["vlb_units"]  # merged from the third run
+  with open(os.path.join(trained, "eval_rerun", "ckpt_20", "history.jsonl")) as f:
+    assert len(f.readlines()) == 4
+  table = open(os.path.join(trained, "eval_rerun", "report.md")).read()
+  assert "vlb_bpd" in table and "eval_loss" in table
 
 
 @pytest.mark.parametrize("dequantize", [False, True])
@@ -97,7 +132,7 @@ def test_bad_eval_requests_fail_clearly(tmp_path):
   with pytest.raises(ValueError, match="nothing to evaluate"):
     evaluate.evaluate(config, str(tmp_path), "eval")
   config = tiny_config()
-  with pytest.raises(ValueError, match=r"checkpoint of step 20 did not appear .* within 0 s"):
+  with pytest.raises(ValueError, match=r"checkpoint of step 20 did not appear .* for 0 s .*no checkpoint there yet"):
     evaluate.evaluate(config, str(tmp_path), "eval")
 
 
@@ -113,7 +148,7 @@ def test_stats_mode_then_sample_quality_metrics(trained, tmp_path):
   assert stats["pool_3"].shape[0] == 1500  # every digit of the train split, once
   report = evaluate.evaluate(config, trained, "eval_samples")[20]
   assert report["num_samples"] == 40 and report["sampling_nfe"] == 50  # Euler-Maruyama, N = 50
-  rounds = [np.load(os.path.join(trained, "eval_samples", "ckpt_20", "samples", f"samples_{r}.npz")) for r in (0, 1)]
+  rounds = [np.load(os.path.join(_units(trained, "eval_samples", "samples"), f"samples_{r}.npz")) for r in (0, 1)]
   assert [r["samples"].shape for r in rounds] == [(32, 8, 8, 1), (8, 8, 8, 1)]
   assert all(r["samples"].dtype == np.uint8 for r in rounds)
   # The report's numbers are those of the saved features against the saved statistics.
@@ -122,13 +157,22 @@ def test_stats_mode_then_sample_quality_metrics(trained, tmp_path):
   for key in ("fid", "inception_score", "kid"):
     np.testing.assert_allclose(report[key], expected[key], rtol=1e-12)
   assert report["fid"] > 0 and 1 <= report["inception_score"] <= 10
+  # Another sampler is other work: drawn anew, scored anew (before, the old rounds' FID was reported under the
+  # new settings); the first sampler's rounds stay, and so does its report line in history.jsonl.
+  config.sampling.predictor = "reverse_diffusion"
+  other = evaluate.evaluate(config, trained, "eval_samples")[20]
+  assert other["samples_units"] != report["samples_units"] and other["fid"] != report["fid"]
+  assert sorted(os.path.basename(p).split("-")[0] for p in
+                glob.glob(os.path.join(trained, "eval_samples", "ckpt_20", "samples-*"))) == ["samples", "samples"]
+  with open(os.path.join(trained, "eval_samples", "ckpt_20", "history.jsonl")) as f:
+    assert [json.loads(line)["fid"] for line in f] == [report["fid"], other["fid"]]
 
 
 def test_eval_waits_for_a_checkpoint_that_training_writes_later(tmp_path, monkeypatch):
   import threading  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from score_sde import checkpointing  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(evaluate, "_POLL_SECONDS", 0.05)
+  monkeypatch.setattr(checkpoint_wait, "_POLL_SECONDS", 0.05)
   workdir = str(tmp_path / "w")
 
   def write_later():
@@ -139,8 +183,56 @@ def test_eval_waits_for_a_checkpoint_that_training_writes_later(tmp_path, monkey
   timer = threading.Timer(0.5, write_later)
   timer.start()
   try:
-    evaluate.wait_for_checkpoint(workdir, 30, timeout=60)  # returns once step 30 exists
+    checkpoint_wait.wait_for_checkpoint(workdir, 30, timeout=60)  # returns once step 30 exists
   finally:
     timer.join()
-  with pytest.raises(ValueError, match="checkpoint of step 40 did not appear"):
-    evaluate.wait_for_checkpoint(workdir, 40, timeout=0.2)
+  with pytest.raises(ValueError, match=r"checkpoint of step 40 did not appear .*steps there: \[30\]"):
+    checkpoint_wait.wait_for_checkpoint(workdir, 40, timeout=0.2)
+
+
+def test_eval_wait_refuses_steps_never_written_and_waits_while_training_writes(tmp_path, monkeypatch, capsys):
+  import json as json_lib  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from score_sde import checkpointing  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(checkpoint_wait, "_POLL_SECONDS", 0.05)
+  workdir = str(tmp_path / "w")
+  writer = checkpointing.Checkpoints(workdir, async_save=False)
+  writer.save(30, {"a": jnp.ones(3)}, snapshot=True)
+  writer.close()
+  begin = time.time()
+  # Older than a snapshot already written: never coming, refused at once with the steps that exist.
+  with pytest.raises(ValueError, match=r"step 20 will never be written: a later snapshot \(step 30\).*\[30\]"):
+    checkpoint_wait.wait_for_checkpoint(workdir, 20, timeout=3600)
+  # Past the run's n_iters, or not one of its snapshot steps (config.json, as training records it).
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json_lib.dump({"training": {"n_iters": 100, "snapshot_freq": 10}}, f)
+  with pytest.raises(ValueError, match=r"step 110 will never be written: the run .* trains to step 100"):
+    checkpoint_wait.wait_for_checkpoint(workdir, 110, timeout=3600)
+  with pytest.raises(ValueError, match=r"step 45 will never be written: .*snapshots every 10 steps"):
+    checkpoint_wait.wait_for_checkpoint(workdir, 45, timeout=3600)
+  assert time.time() - begin < 30  # none of them waited for the hour
+
+  # The timeout counts time without any new checkpoint: a training that keeps writing is waited for longer.
+  def keep_writing():
+    w = checkpointing.Checkpoints(workdir, async_save=False)
+    for step in (40, 50, 60, 70):
+      time.sleep(0.3)
+      w.save(step, {"a": jnp.ones(3)}, snapshot=True)
+    w.close()
+
+  thread = threading.Thread(target=keep_writing)
+  thread.start()
+  try:
+    begin = time.time()
+    checkpoint_wait.wait_for_checkpoint(workdir, 70, timeout=0.8)
+    assert time.time() - begin > 0.8
+  finally:
+    thread.join()
+  # Nothing writes: said once the wait has seen nothing new for _IDLE_NOTICE_SECONDS, then given up.
+  monkeypatch.setattr(checkpoint_wait, "_IDLE_NOTICE_SECONDS", 0.1)
+  with pytest.raises(ValueError, match=r"nothing new was written there for 0.4 s .*is training running"):
+    checkpoint_wait.wait_for_checkpoint(workdir, 80, timeout=0.4)
+  out = capsys.readouterr().out
+  assert "waiting for the checkpoint of step 80" in out and "warning: nothing has written a checkpoint" in out

@@ -72,7 +72,7 @@ def test_sample_and_eval_of_a_released_file_equal_those_of_its_run(released, tmp
   from_file.eval.pretrained = path
   a = generate.sample(own, workdir)
   b = generate.sample(from_file, str(tmp_path))
-  assert str(b).endswith("step_2")  # the file's own step
+  assert b.parent.name == "step_2" and b.name == a.name  # the file's own step; the same parameters, the same work
   np.testing.assert_array_equal(np.load(b / "samples_0.npz")["samples"], np.load(a / "samples_0.npz")["samples"])
   report_own = evaluate.evaluate(tiny_config(4), workdir, "eval_own")[2]
   report_file = evaluate.evaluate(from_file, str(tmp_path), "eval_file")[2]

@@ -42,7 +42,7 @@ def test_sample_mode_writes_shards_and_resumes(tmp_path):
     generate.sample(config, workdir)
   train.train(config, workdir)
   folder = generate.sample(config, workdir)
-  assert str(folder).endswith(os.path.join("eval", "samples", "step_2"))
+  assert folder.parent.name == "step_2" and folder.name.startswith("pc-")
   shards = [np.load(folder / f"samples_{r}.npz")["samples"] for r in range(3)]
   assert [s.shape for s in shards] == [(4, 8, 8, 1), (4, 8, 8, 1), (2, 8, 8, 1)]  # exactly num_samples
   assert all(s.dtype == np.uint8 for s in shards) and (folder / "samples_0.png").exists()
@@ -56,6 +56,25 @@ def test_sample_mode_writes_shards_and_resumes(tmp_path):
   generate.sample(config, workdir)
   np.testing.assert_array_equal(np.load(folder / "samples_1.npz")["samples"], shards[1])
   assert os.path.getmtime(folder / "samples_0.npz") == before
+  # Finished rounds stand in only for the same work: another sampler or batch size draws anew into a folder
+  # of its own (before, both printed "all rounds already there" and returned the first run's images).
+  other = tiny_config()
+  other.sampling.predictor = "reverse_diffusion"
+  other_folder = generate.sample(other, workdir)
+  assert other_folder != folder and other_folder.parent == folder.parent
+  assert np.any(np.load(other_folder / "samples_0.npz")["samples"] != shards[0])
+  other = tiny_config()
+  other.eval.batch_size = 5
+  assert generate.sample(other, workdir) not in (folder, other_folder)
+  assert os.path.getmtime(folder / "samples_0.npz") == before  # the first run's rounds are untouched
+  # More samples of the same work: full rounds are reused, the short last one is redrawn in full.
+  more = tiny_config()
+  more.eval.num_samples = 12
+  assert generate.sample(more, workdir) == folder
+  assert os.path.getmtime(folder / "samples_0.npz") == before
+  last = np.load(folder / "samples_2.npz")["samples"]
+  assert last.shape == (4, 8, 8, 1)
+  np.testing.assert_array_equal(last[:2], shards[2])
   config.eval.ckpt_id = 7
   with pytest.raises(checkpointing.CheckpointError, match=r"no checkpoint of step 7 .*available steps: \[2\]"):
     generate.sample(config, workdir)

@@ -33,6 +33,15 @@ def test_defaults_agree_with_the_default_configs(module):
       assert config[name][field.name] == field.default, (name, field.name)
 
 
+@pytest.mark.parametrize("section", ["training", "sampling", "eval"])
+def test_every_setting_can_be_overridden_on_the_command_line(section):
+  """Overrides (--config.<section>.<key>) reach only keys the config file defines, and error messages name
+  settings to change: every field of these sections is in the defaults every config builds on."""
+  config = default_cifar10_configs.get_default_configs()
+  missing = [f.name for f in dataclasses.fields(SECTIONS[section]) if f.name not in config[section]]
+  assert not missing, (section, missing)
+
+
 def test_a_config_without_the_optional_keys_gets_the_defaults():
   config = vp_digits.get_config()
   for key in ("ode_method", "ode_rtol", "num_steps", "time_grid", "ddim_eta"):

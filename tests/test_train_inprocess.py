@@ -31,6 +31,15 @@ def test_train_on_mock_cifar10_writes_checkpoint_and_samples(tmp_path):
   assert samples.shape == (4, 8, 8, 3) and samples.dtype == np.uint8
   assert Image.open(folder / "samples.png").size[0] > 8
   assert os.listdir(tmp_path / "tensorboard")
+  # Killed after the snapshot but before its samples: the rerun (training already finished) draws them, the
+  # same images.
+  png = (folder / "samples.png").read_bytes()
+  for name in ("samples.npz", "samples.png"):
+    os.remove(folder / name)
+  with tfds.testing.mock_data(num_examples=16):
+    train.train(config, str(tmp_path))
+  np.testing.assert_array_equal(np.load(folder / "samples.npz")["samples"], samples)
+  assert (folder / "samples.png").read_bytes() == png
 
 
 def test_bad_training_frequencies_are_refused():
