@@ -5,6 +5,7 @@
 """
 import errno
 import logging
+import os
 import re
 import sys
 
@@ -17,7 +18,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (overridable, e.g. --config.model.nf=64).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Work directory: checkpoints, logs and samples live here.")
-flags.DEFINE_enum("mode", None, ["train", "eval", "sample", "stats"], "What to run (score_sde/run_lib.py).")
+flags.DEFINE_enum("mode", None, ["train", "eval", "sample", "stats", "train_classifier", "edit"],
+                  "What to run (score_sde/run_lib.py).")
 flags.DEFINE_string("eval_folder", "eval", "Folder under workdir for evaluation and sampling outputs.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first: multi-host (TPU pod, multi-node "
                   "GPU). On Cloud TPU and SLURM the cluster is detected; elsewhere give the three flags below.")
@@ -104,11 +106,22 @@ def main(argv):
     print(str(e), file=sys.stderr)
     sys.exit(train.Preempted.EXIT_STATUS)
   except _BAD_INPUT as e:
-    sys.exit(_error_line(e))
+    _exit_with(_error_line(e))
   except OSError as e:
     if e.errno != errno.ENOSPC:
       raise
-    sys.exit(_error_line(e))
+    _exit_with(_error_line(e))
+
+
+def _exit_with(line):
+  """Prints `line` and exits 1 at once: a failed restore can leave the storage layer's asyncio tasks behind,
+  whose teardown at interpreter exit would print tracebacks after the one line. Everything this process wrote
+  is complete by now (writers wait for their checkpoints before an error leaves them)."""
+  print(line, file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  logging.shutdown()
+  os._exit(1)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

@@ -64,6 +64,40 @@ def get_default_configs():
   evaluate.stats_path = ""                   # one reference statistics file (overrides stats_dir)
   evaluate.classifier_path = ""              # digits: the classifier cache; "" = ~/.cache/score_sde (SCORE_SDE_CACHE)
 
+  # The noise-conditional classifier of class-conditional sampling (--mode train_classifier), WRN-28-10.
+  config.classifier = classifier = ml_collections.ConfigDict()
+  classifier.blocks_per_group = 4            # (depth - 4) / 6: WRN-28
+  classifier.channel_multiplier = 10         # width 10
+  classifier.num_classes = 10
+  classifier.embedding_size = 128            # Fourier features of log sigma (scale 16)
+  classifier.fourier_scale = 16.0
+  classifier.batch_size = 128
+  classifier.n_iters = 200000
+  classifier.lr = 2e-4
+  classifier.warmup = 1000
+  classifier.grad_clip = 1.0
+  classifier.ema_rate = 0.999
+  classifier.eps = 1e-5                      # noise levels t ~ U(eps, T)
+  classifier.log_freq = 100
+  classifier.eval_freq = 5000
+  classifier.snapshot_freq = 10000
+  classifier.noise_buckets = 5               # test accuracy per bucket of t
+  classifier.path = ""                       # "" = <workdir>/classifier
+  classifier.guidance_scale = 1.0            # class-conditional sampling: score + scale * grad log p_t(y | x)
+
+  # --mode edit: the controllable-generation and latent tools on real images (score_sde/edit.py).
+  config.edit = edit = ml_collections.ConfigDict()
+  edit.task = "inpaint"                      # inpaint | colorize | conditional | interpolate | progressive | encode
+  edit.input = ""                            # "" = the test split; train | test; or a folder of PNG files
+  edit.num_images = 8                        # images edited (conditional, progressive: samples drawn)
+  edit.batch_size = 8                        # images per round (one PNG grid + npz each)
+  edit.mask = "right_half"                   # inpaint, the part filled in: right_half | left_half | bottom_half |
+                                             # center | random
+  edit.mask_fraction = 0.5                   # inpaint, mask=random: each pixel is filled in with this probability
+  edit.labels = ""                           # conditional: "" = 0..classifier.num_classes - 1, or a comma list "3,7"
+  edit.num_interpolations = 8                # interpolate: points along each pair's path, both ends included
+  edit.num_records = 8                       # progressive: x0 predictions recorded along the DDPM chain
+
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "CIFAR10"
   data.image_size = 32
@@ -72,6 +106,7 @@ def get_default_configs():
   data.centered = False                      # data in [0, 1] (else [-1, 1])
   data.uniform_dequantization = False
   data.data_dir = ""                         # TFDS data_dir ("" -> $TFDS_DATA_DIR or the TFDS default)
+  data.tfrecords_path = ""                   # FFHQ / CelebA-HQ: the folder of their *.tfrecords
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "ncsnpp"

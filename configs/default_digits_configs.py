@@ -35,4 +35,15 @@ def get_default_configs():
   model.ema_rate = 0.99                      # short runs: an EMA of 0.999 still remembers the init at step 1000
   config.optim.lr = 1e-3
   config.optim.warmup = 100
+  classifier = config.classifier            # a WRN-10-2 for 16x16 digits (--mode train_classifier)
+  classifier.blocks_per_group = 1
+  classifier.channel_multiplier = 2
+  classifier.batch_size = 64
+  classifier.n_iters = 1000
+  classifier.lr = 2e-3
+  classifier.warmup = 100
+  classifier.ema_rate = 0.99
+  classifier.log_freq = 50
+  classifier.eval_freq = 500
+  classifier.snapshot_freq = 500
   return config

@@ -93,6 +93,13 @@ def num_examples(config, split="train"):
   return make_source(config, split).n
 
 
+def check_available(config, split="train"):
+  """Raises the data's one-line error (unknown data set, wrong channel count, TFDS data not prepared, TFRecords
+  without the expected features) before anything is written; reads no batch."""
+  if _check_dataset(config) != "DIGITS":
+    make_source(config, _split_name(split))
+
+
 def train_iterator(config, *, start_step=0, process_index=0, process_count=1):
   """Endless training batches {'image': float32 (B/P, S, S, C) in [0, 1][, 'label': int32 (B/P,)]}.
 

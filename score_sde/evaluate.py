@@ -399,6 +399,9 @@ def evaluate(config, workdir, eval_folder="eval"):
     reports[step] = _write_reports(ctx, out, report)
     summary = ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(report.items()) if k != "step" and
                         not k.endswith("_units"))
+    kept = sorted(k for k in set(reports[step]) - set(report) if not k.endswith("_units"))
+    if kept:  # merged from earlier runs of this checkpoint
+      summary += f" (report.json also keeps {', '.join(kept)} from earlier runs)"
     logging.info("Step %d: %s", step, summary)
     print(f"step {step}: {summary}  -> {out / 'report.json'}")
   return reports

@@ -277,6 +277,24 @@ def rate_distortion(prior, kl_terms, decoder_nll, x0, x0_predictions, steps, dat
               distortion=np.append(rmse, 0.0))
 
 
+def get_rate_distortion_fn(sde, score_fn, steps, data_centered=True, model_var="fixedlarge", continuous=True,
+                           clip_denoised=False):
+  """`curve_fn(rng, params, data) -> rate_distortion(...)` of one batch, from one evaluation of the bound
+  (`vlb.get_vlb_fn` with record_steps=steps: its KL terms and the eq. 15 predictions at `steps`); the
+  arguments are `vlb.get_vlb_fn`'s. Ho et al. 2020 fig. 5 is this curve over the CIFAR-10 test set."""
+  from score_sde import vlb  # pylint: disable=import-outside-toplevel
+  _check_ddpm(sde, "a rate-distortion curve")
+  vlb_fn = vlb.get_vlb_fn(sde, score_fn, data_centered=data_centered, model_var=model_var, continuous=continuous,
+                          clip_denoised=clip_denoised, record_steps=steps)
+
+  def curve_fn(rng, params, data):
+    terms = jax.device_get(vlb_fn(rng, params, _float_batch("data", data)))
+    return rate_distortion(terms["prior"], terms["kl_terms"], terms["distortion"], data, terms["x0_predictions"],
+                           steps, data_centered)
+
+  return curve_fn
+
+
 def plot_rate_distortion(curve, path):
   """Fig. 5's three panels (distortion and rate against reverse-process steps N - t, and distortion against
   rate) from a `rate_distortion` curve, written as a PNG to `path`. Needs matplotlib (`pip install

@@ -153,6 +153,46 @@ class DataSettings(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class ClassifierSettings(_Section):
+  """`config.classifier`: the noise-conditional classifier (`--mode train_classifier`); WRN-28-10 by default."""
+  SECTION: ClassVar[str] = "classifier"
+  blocks_per_group: int = 4               # (depth - 4) / 6
+  channel_multiplier: int = 10            # width
+  num_classes: int = 10
+  embedding_size: int = 128               # Fourier frequencies of log sigma
+  fourier_scale: float = 16.0
+  batch_size: int = 128
+  n_iters: int = 200000
+  lr: float = 2e-4
+  warmup: int = 1000
+  grad_clip: float = 1.0
+  ema_rate: float = 0.999
+  eps: float = 1e-5                       # noise levels are drawn at t ~ U(eps, T)
+  log_freq: int = 100
+  eval_freq: int = 5000
+  snapshot_freq: int = 10000
+  noise_buckets: int = 5                  # accuracy reported per bucket of t in [eps, T]
+  path: str = ""                          # "" = <workdir>/classifier (where train_classifier writes it)
+  guidance_scale: float = 1.0             # class-conditional sampling: score + scale * grad log p_t(y | x)
+
+
+@dataclasses.dataclass(frozen=True)
+class EditSettings(_Section):
+  """`config.edit`: `--mode edit`, the controllable-generation and latent tools on real images (`edit.py`)."""
+  SECTION: ClassVar[str] = "edit"
+  task: str = "inpaint"                   # inpaint | colorize | conditional | interpolate | progressive | encode
+  input: str = ""                         # "" = the test split; train | test; or a folder of PNG files
+  num_images: int = 8                     # images edited (conditional, progressive: samples drawn)
+  batch_size: int = 8                     # images per round (one PNG grid and npz each)
+  mask: str = "right_half"                # inpaint, the part filled in: right_half | left_half | bottom_half |
+                                          # center | random
+  mask_fraction: float = 0.5              # inpaint, mask=random: each pixel is filled in with this probability
+  labels: str = ""                        # conditional: "" = 0..classifier.num_classes - 1, or a comma list "3,7"
+  num_interpolations: int = 8             # interpolate: points along each pair's path, both ends included
+  num_records: int = 8                    # progressive: x0 predictions recorded along the chain (<= num_scales)
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
   """Every section at once: `Settings.from_config(config)`."""
   training: TrainingSettings

@@ -107,7 +107,7 @@ def _prefetched_chunks(iterator, sizes, sharding, depth=2):
 
 
 # ------------------------------------------------------------------------------------------------------- loop
-class _Preemption:
+class PreemptionSignal:
   """SIGTERM sets a flag; the loop saves a checkpoint at the next chunk boundary and exits."""
 
   def __init__(self):
@@ -153,6 +153,7 @@ def train(config, workdir):
   t = settings.TrainingSettings.from_config(config)
   h, w, c = config.data.image_size, config.data.image_size, config.data.num_channels
   is_main = jax.process_index() == 0
+  datasets.check_available(config)  # bad data is refused before the workdir is touched
   if t.init_from and not any((epath.Path(workdir) / d).exists() for d in ("checkpoints", "checkpoints-meta")):
     from score_sde import pretrained  # pylint: disable=g-import-not-at-top
     pretrained.detect_format(t.init_from)  # a missing or foreign file is refused before the workdir is touched
@@ -281,7 +282,7 @@ def train(config, workdir):
   step, pending = initial_step, []
   last_log = None  # (step, time) at the previous log's host sync: wall time per step between logs
 
-  with _Preemption() as preemption:
+  with PreemptionSignal() as preemption:
     try:
       for batches in chunks:
         state, metrics = p_train(state, batches)

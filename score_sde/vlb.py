@@ -145,7 +145,8 @@ def step_times(sde, continuous=True):
   return times
 
 
-def get_vlb_fn(sde, score_fn, data_centered=True, model_var="fixedlarge", continuous=True, clip_denoised=True):
+def get_vlb_fn(sde, score_fn, data_centered=True, model_var="fixedlarge", continuous=True, clip_denoised=True,
+               record_steps=None):
   """The DDPM variational bound (eq. 5) in bits/dim for a VP score model.
 
   Args:
@@ -160,14 +161,27 @@ def get_vlb_fn(sde, score_fn, data_centered=True, model_var="fixedlarge", contin
       mean, at every step including the decoder, as the DDPM code's bits/dim evaluation does
       (`calc_bpd_loop(clip_denoised=True)`, see the module docstring); False gives the unclipped bound
       (eq. 11 means).
+    record_steps: optional distinct DDPM steps t in [1, N]; the result then also holds every KL term and the
+      x_0 predictions (eq. 15, clipped as the means are) at those steps, for rate-distortion curves (Ho et al.
+      2020, fig. 5; `latents.get_rate_distortion_fn`).
 
   Returns:
-    A jit-compiled `vlb_fn(rng, params, data) -> dict(bpd, rate, distortion, prior)` (each (B,), bits/dim).
+    A jit-compiled `vlb_fn(rng, params, data) -> dict(bpd, rate, distortion, prior)` (each (B,), bits/dim),
+    plus `kl_terms` ((N - 1, B), L_{i-1} for i = 2..N, bits/dim) and `x0_predictions` ((M, B, H, W, C), in the
+    order of record_steps) when record_steps is given.
     data: (B, H, W, C) in model space, the discrete pixel values (not dequantised). The N - 1 KL terms run
     sequentially in one `lax.scan`, one score evaluation of batch size B each.
   """
   consts = chain_constants(sde, model_var)
   times = step_times(sde, continuous)
+  slots = None
+  if record_steps is not None:
+    steps = np.asarray(record_steps)
+    if (steps.ndim != 1 or not steps.size or np.any(steps % 1) or steps.min() < 1 or steps.max() > sde.N
+        or np.unique(steps).size != steps.size):
+      raise ValueError(f"record_steps must be distinct whole DDPM steps in [1, N={sde.N}], got {steps.tolist()}.")
+    slots = np.full(sde.N, -1, np.int32)  # 0-based step j -> its place among the recorded predictions
+    slots[steps.astype(np.int64) - 1] = np.arange(steps.size)
   low, high = (-1.0, 1.0) if data_centered else (0.0, 1.0)
   f32 = lambda v: jnp.asarray(v, jnp.float32)
   sqrt_abar, sqrt_1m_abar = f32(np.sqrt(consts["abar"])), f32(np.sqrt(consts["one_m_abar"]))
@@ -186,12 +200,13 @@ def get_vlb_fn(sde, score_fn, data_centered=True, model_var="fixedlarge", contin
     x_t = sqrt_abar[j] * x0 + sqrt_1m_abar[j] * jax.random.normal(rng, x0.shape, x0.dtype)
     t = jnp.full(x0.shape[:1], times[j], x0.dtype)
     eps_hat = -sqrt_1m_abar[j] * score_fn(params, x_t, t)
+    x0_hat = (x_t - sqrt_1m_abar[j] * eps_hat) / sqrt_abar[j]  # eq. 15
     if clip_denoised:
-      x0_hat = jnp.clip((x_t - sqrt_1m_abar[j] * eps_hat) / sqrt_abar[j], low, high)
+      x0_hat = jnp.clip(x0_hat, low, high)
       mean = coef_x0[j] * x0_hat + coef_xt[j] * x_t
     else:
       mean = (x_t - betas[j] / sqrt_1m_abar[j] * eps_hat) / sqrt_alphas[j]
-    return x_t, mean
+    return x_t, mean, x0_hat
 
   def vlb_fn(rng, params, data):
     x0 = jnp.asarray(data)
@@ -204,18 +219,31 @@ def get_vlb_fn(sde, score_fn, data_centered=True, model_var="fixedlarge", contin
     # L_N: KL(N(sqrt(abar_N) x_0, 1 - abar_N) || N(0, 1)) per pixel, exact.
     prior = 0.5 * _sum_except_batch(abar_last * x0 ** 2 + prior_const)
 
-    def kl_term(total, j):
-      x_t, mean = sample_and_predict(jax.random.fold_in(rng, j), params, x0, j)
-      post_mean = coef_x0[j] * x0 + coef_xt[j] * x_t
-      return total + _sum_except_batch(normal_kl(post_mean, post_var[j], mean, variances[j])), None
+    def record(predictions, j, x0_hat):
+      if slots is None:
+        return predictions
+      slot = jnp.asarray(slots)[j]
+      return jax.lax.cond(slot >= 0, lambda p: p.at[slot].set(x0_hat), lambda p: p, predictions)
 
-    kl_sum, _ = jax.lax.scan(kl_term, jnp.zeros(x0.shape[:1], x0.dtype), jnp.arange(1, sde.N))
+    def kl_term(carry, j):
+      total, predictions = carry
+      x_t, mean, x0_hat = sample_and_predict(jax.random.fold_in(rng, j), params, x0, j)
+      post_mean = coef_x0[j] * x0 + coef_xt[j] * x_t
+      kl = _sum_except_batch(normal_kl(post_mean, post_var[j], mean, variances[j]))
+      return (total + kl, record(predictions, j, x0_hat)), (kl if slots is not None else None)
+
+    empty = jnp.zeros((0 if slots is None else int(steps.size),) + x0.shape, x0.dtype)
+    (kl_sum, predictions), kl_terms = jax.lax.scan(kl_term, (jnp.zeros(x0.shape[:1], x0.dtype), empty),
+                                                   jnp.arange(1, sde.N))
 
     # L_0 = -log p(x_0 | x_1) with the discretised Gaussian decoder (eq. 13).
-    _, mean = sample_and_predict(jax.random.fold_in(rng, 0), params, x0, 0)
+    _, mean, x0_hat = sample_and_predict(jax.random.fold_in(rng, 0), params, x0, 0)
     log_p = discretized_gaussian_log_likelihood(x0, mean, jnp.sqrt(variances[0]), low, high)
     distortion = to_bits(-_sum_except_batch(log_p))
     rate = to_bits(prior + kl_sum)
-    return dict(bpd=rate + distortion, rate=rate, distortion=distortion, prior=to_bits(prior))
+    out = dict(bpd=rate + distortion, rate=rate, distortion=distortion, prior=to_bits(prior))
+    if slots is not None:
+      out.update(kl_terms=to_bits(kl_terms), x0_predictions=record(predictions, 0, x0_hat))
+    return out
 
   return jax.jit(vlb_fn)

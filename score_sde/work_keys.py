@@ -10,8 +10,9 @@ sampler, batch size or tolerance computes anew into a folder of its own, and not
 overwritten.
 
 What does not enter the key (`_NEVER`) is what cannot change a unit's contents: how long and how often
-training ran or logs, the optimizer (the parameters are identified by their digest), and where the data is read
-from.
+training ran or logs, the optimizer (the parameters are identified by their digest), where the data is read
+from, and the sections of other modes (the classifier's, `--mode edit`'s; a mode that reads them adds what it
+reads to its own keys).
 """
 import dataclasses
 import hashlib
@@ -29,7 +30,7 @@ _NEVER = (
     "training.n_iters", "training.log_freq", "training.eval_freq", "training.snapshot_freq",
     "training.snapshot_freq_for_preemption", "training.snapshot_sampling", "training.n_jitted_steps",
     "training.conv_impl", "training.init_from", "training.batch_size", "optim", "sampling", "eval",
-    "data.data_dir", "data.tfrecords_path",
+    "data.data_dir", "data.tfrecords_path", "classifier", "edit",
 )
 
 

@@ -102,6 +102,23 @@ def test_missing_data_dir_is_one_line(tmp_path):
                     f"--config.data.data_dir={tmp_path / 'no_data'}", "--config.training.snapshot_sampling=False",
                     "--mode", "train", "--workdir", str(tmp_path / "run"))
   assert_one_line(result, r"^error: TFDS dataset 'cifar10' is not prepared in data_dir .*no_data")
+  assert not (tmp_path / "run").exists()  # refused before the workdir was touched
+
+
+def test_corrupt_checkpoint_is_one_line_without_tracebacks_at_exit(tmp_path):
+  """Bit flips the storage layer's own CRC catches: one line, and no asyncio teardown tracebacks after it."""
+  from tests import train_utils  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path / "run")
+  train_utils.run_train(workdir, "--config.training.n_iters=4", "--config.training.snapshot_freq=4")
+  for path in train_utils.checkpoint_data_files(os.path.join(workdir, "checkpoints", "4")):
+    data = bytearray(open(path, "rb").read())
+    if len(data) > 64:
+      data[len(data) // 2] ^= 0x10
+      with open(path, "wb") as f:
+        f.write(bytes(data))
+  result = run_main("--config", "configs/vp/digits.py", *train_utils.TINY, "--mode", "sample", "--workdir", workdir)
+  assert_one_line(result, r"^error: checkpoint \S+checkpoints/4 (is corrupt|is unreadable|could not be restored)")
+  assert not os.path.exists(os.path.join(workdir, "eval"))
 
 
 def test_full_disk_and_path_errors_read_as_one_line():

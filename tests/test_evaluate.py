@@ -9,7 +9,7 @@ import pytest
 from configs.vp import digits
 from score_sde import checkpoint_wait, evaluate, train, train_state
 
-pytestmark = pytest.mark.xdist_group("train")
+pytestmark = pytest.mark.xdist_group("evaluate")  # its tests share the `trained` fixture
 
 
 def tiny_config():

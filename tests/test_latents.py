@@ -254,6 +254,31 @@ def test_rate_distortion_curve():
   np.testing.assert_allclose(sub["distortion"], distortion[[0, 20, 24, 25]], rtol=1e-12)
 
 
+def test_rate_distortion_from_the_bound_of_a_score_model():
+  """get_rate_distortion_fn reads the curve off one `vlb` evaluation: its end is the bound vlb reports, its
+  rate never falls, and with the exact score its distortion is the posterior's RMSE (the prediction is the
+  posterior mean; 2,048 squared errors per step, so ~1.6% Monte Carlo error on the RMSE: 6% tolerance)."""
+  sde = sde_lib.VPSDE(0.1, 20.0, 25)
+  x0 = np.clip(np.round((MU + RD_SD * np.random.RandomState(3).randn(512, D)) * 127.5) / 127.5, -1, 1)
+  x0 = jnp.asarray(x0.reshape((-1,) + TAIL), jnp.float32)
+  score_fn = score_oracles.gaussian_score(sde, MU.reshape(TAIL), RD_SD.reshape(TAIL))
+  steps = [25, 13, 5, 1]
+  rng = jax.random.PRNGKey(4)
+  curve = latents.get_rate_distortion_fn(sde, score_fn, steps, model_var="fixedsmall")(rng, None, x0)
+  bound = vlb.get_vlb_fn(sde, score_fn, model_var="fixedsmall", clip_denoised=False)(rng, None, x0)
+  np.testing.assert_array_equal(curve["t"], [25, 13, 5, 1, 0])
+  np.testing.assert_allclose(curve["rate"][-1], float(np.mean(bound["bpd"])), rtol=1e-5)
+  np.testing.assert_allclose(curve["rate"][0], float(np.mean(bound["prior"])), rtol=1e-5)
+  assert np.all(np.diff(curve["rate"]) >= 0)
+  abar = np.asarray(sde.alphas_cumprod, np.float64)[np.array(steps) - 1, None]
+  expected = 127.5 * np.sqrt(np.mean(RD_SD ** 2 * (1 - abar) / (abar * RD_SD ** 2 + 1 - abar), axis=1))
+  np.testing.assert_allclose(curve["distortion"][:-1], expected, rtol=0.06)
+  with pytest.raises(ValueError, match="record_steps must be distinct whole DDPM steps"):
+    latents.get_rate_distortion_fn(sde, score_fn, [0, 3])
+  with pytest.raises(ValueError, match="DDPM chain"):
+    latents.get_rate_distortion_fn(sde_lib.VESDE(), score_fn, [1])
+
+
 def test_plot_rate_distortion_writes_a_png(tmp_path):
   pytest.importorskip("matplotlib")
   curve = dict(num_steps=4, t=np.arange(4, -1, -1), rate=np.array([0.0, 0.1, 0.5, 1.0, 2.0]),

@@ -5,6 +5,7 @@ modules one by one in a fresh interpreter.
 """
 import ast
 import os
+import re
 import subprocess
 import sys
 
@@ -205,5 +206,5 @@ def test_main_modes_are_run_libs():
            "DEFINE_enum" and node.args and getattr(node.args[0], "value", None) == "mode"]
   assert len(enums) == 1
   assert tuple(ast.literal_eval(enums[0].args[2])) == run_lib.MODES
-  with pytest.raises(ValueError, match=r"--mode='tune' is not one of \['train', 'eval', 'sample', 'stats'\]"):
+  with pytest.raises(ValueError, match=re.escape(f"--mode='tune' is not one of {list(run_lib.MODES)}")):
     run_lib.run("tune", None, "/nonexistent")

@@ -34,7 +34,6 @@ def _round_floats(config, workdir, r):
   return np.asarray(jax.jit(sampler)(jax.random.fold_in(jax.random.PRNGKey(config.seed), r), params)[0])
 
 
-@pytest.mark.xdist_group("train")
 def test_sample_mode_writes_shards_and_resumes(tmp_path):
   config = tiny_config()
   workdir = str(tmp_path)

@@ -33,12 +33,16 @@ def test_defaults_agree_with_the_default_configs(module):
       assert config[name][field.name] == field.default, (name, field.name)
 
 
-@pytest.mark.parametrize("section", ["training", "sampling", "eval"])
+@pytest.mark.parametrize("section", ["training", "sampling", "eval", "classifier", "data"])
 def test_every_setting_can_be_overridden_on_the_command_line(section):
   """Overrides (--config.<section>.<key>) reach only keys the config file defines, and error messages name
   settings to change: every field of these sections is in the defaults every config builds on."""
   config = default_cifar10_configs.get_default_configs()
-  missing = [f.name for f in dataclasses.fields(SECTIONS[section]) if f.name not in config[section]]
+  cls = SECTIONS.get(section) or settings.ClassifierSettings
+  missing = [f.name for f in dataclasses.fields(cls) if f.name not in config[section] and
+             (section, f.name) != ("data", "category")]  # LSUN's alone, set by its configs
+  assert all(config[section][f.name] == f.default for f in dataclasses.fields(cls)
+             if section == "classifier"), "the classifier defaults differ from ClassifierSettings'"
   assert not missing, (section, missing)
 
 

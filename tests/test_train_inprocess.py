@@ -19,7 +19,6 @@ def tiny_cifar10_config():
   return config
 
 
-@pytest.mark.xdist_group("train")
 def test_train_on_mock_cifar10_writes_checkpoint_and_samples(tmp_path):
   config = tiny_cifar10_config()
   with tfds.testing.mock_data(num_examples=16):
