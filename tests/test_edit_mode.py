@@ -17,7 +17,7 @@ from score_sde import (checkpointing, classifier_training, datasets, edit, image
                        train)
 from tests import score_oracles
 
-pytestmark = pytest.mark.xdist_group("train")
+pytestmark = pytest.mark.xdist_group("edit")  # its tests share the trained model
 
 
 def tiny_config(module=digits, **edit_settings):
