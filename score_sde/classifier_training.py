@@ -23,7 +23,7 @@ from clu import metric_writers
 from etils import epath
 from flax import traverse_util
 
-from score_sde import checkpointing, config_checks, datasets, files, losses, parallel, settings, train
+from score_sde import checkpointing, config_checks, datasets, files, losses, parallel, settings, train, workdir_config
 from score_sde.models.wideresnet import WideResNet
 
 META_FILE = "meta.json"
@@ -65,9 +65,7 @@ def _check_identity(config, folder):
     stored = json.loads(path.read_text())
   except (OSError, ValueError) as e:
     raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}); restore it or train a new classifier.") from e
-  here = identity(config)
-  diffs = [f"{k} {stored.get(k, '<absent>')!r} there, {here.get(k, '<absent>')!r} here"
-           for k in sorted(set(stored) | set(here)) if stored.get(k, "<absent>") != here.get(k, "<absent>")]
+  diffs = workdir_config.differing(stored, identity(config))
   if diffs:
     raise ValueError(f"the classifier in {folder} was trained for another config ({'; '.join(diffs[:4])}); train "
                      "one for this config (--mode train_classifier) or set classifier.path to one that matches.")

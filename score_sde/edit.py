@@ -246,25 +246,6 @@ def _encode(t):
   return run
 
 
-def _save_grid(rows, f, size):
-  """Rows of images (ragged rows padded with white) as one PNG grid."""
-  width = max(len(row) for row in rows)
-  blank = np.full_like(rows[0][0], 255)
-  tiles = np.stack([x for row in rows for x in list(row) + [blank] * (width - len(row))])
-  image_utils.save_grid(tiles, f, nrow=width, scale=max(1, 32 // size))
-
-
-def _round_size(path):
-  """The number of images in a finished round's npz."""
-  try:
-    with path.open("rb") as f:
-      with np.load(f) as data:
-        return len(data["outputs"])
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it and rerun to redo that round.") \
-        from e
-
-
 def edit(config, workdir, eval_folder="eval"):
   """Runs `config.edit.task` (module docstring) on the newest checkpoint of `workdir` (or `eval.ckpt_id`,
   `eval.pretrained`); returns the folder the rounds are in."""
@@ -302,13 +283,15 @@ def edit(config, workdir, eval_folder="eval"):
   for r in tqdm.trange(rounds, desc=f"edit {e.task} step {step}"):
     path = folder / f"round_{r}.npz"
     wanted = min(batch, count - r * batch)
-    if path.exists() and _round_size(path) == wanted:  # finished before an interruption: never redone
+    # Finished before an interruption: never redone.
+    if path.exists() and len(files.load_npz(path)["outputs"]) == wanted:
       done += 1
       continue
     part = images[r * batch:r * batch + wanted] if images is not None else wanted
     arrays, rows = run(jax.random.fold_in(base_rng, r), params, part, r)
     # The npz is the round's 'done' marker, so it is written last.
-    files.write_atomically(folder / f"round_{r}.png", lambda f, rows=rows: _save_grid(rows, f, task.shape[1]))
+    scale = max(1, 32 // task.shape[1])
+    files.write_atomically(folder / f"round_{r}.png", lambda f, rows=rows: image_utils.save_rows(rows, f, scale))
     files.write_atomically(path, lambda f, arrays=arrays: np.savez_compressed(f, **arrays))
   what = f"{count} {'input images' if images is not None else 'samples'}"
   print(f"edit {e.task}: {what} from step {step} in {rounds} round{'s' * (rounds != 1)} ({done} already done) -> "

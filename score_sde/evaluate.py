@@ -41,12 +41,6 @@ from score_sde.checkpoint_wait import checkpoint_steps, wait_for_checkpoint
 from score_sde.models import utils as mutils
 
 # ------------------------------------------------------------------------------------------ resumable units
-def _load_npz(path):
-  with path.open("rb") as f:
-    with np.load(f) as data:
-      return {k: data[k] for k in data.files}
-
-
 def _save_npz(path, arrays):
   """Writes `path` atomically (tmp file, then rename): a unit on disk is always complete."""
   if jax.process_index() == 0:
@@ -57,11 +51,7 @@ def _unit(path, compute, complete=lambda arrays: True):
   """The arrays of a finished unit of work: loaded if `path` exists and holds a `complete` unit, else computed
   and saved."""
   if path.exists():
-    try:
-      arrays = _load_npz(path)
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it and rerun to redo that unit.") \
-          from e
+    arrays = files.load_npz(path)
     if complete(arrays):
       return arrays, False
   arrays = {k: np.asarray(v) for k, v in compute().items()}

@@ -15,6 +15,18 @@ def write_atomically(path, write, mode="wb"):
   tmp.replace(path)
 
 
+def load_npz(path):
+  """Every array of the npz at `path` (local or gs://), as a dict; a one-line ValueError if it is unreadable
+  (a result file damaged after it was written: deleting it makes a rerun redo that piece of work)."""
+  path = epath.Path(path)
+  try:
+    with path.open("rb") as f:
+      with np.load(f) as data:
+        return {k: data[k] for k in data.files}
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it and rerun to redo it.") from e
+
+
 def save_npz(path, arrays):
   """`np.savez` of the dict `arrays` to `path`, atomically (see `write_atomically`)."""
   write_atomically(path, lambda f: np.savez(f, **arrays))

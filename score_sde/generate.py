@@ -49,7 +49,8 @@ def sample(config, workdir, eval_folder="eval"):
   for r in tqdm.trange(rounds, desc=f"sampling step {step}", disable=not is_main):
     path = folder / f"samples_{r}.npz"
     wanted = min(batch, num_samples - r * batch)
-    if path.exists() and _round_size(path) >= wanted:  # finished before an interruption: never redone
+    # Finished before an interruption: never redone.
+    if path.exists() and len(files.load_npz(path)["samples"]) >= wanted:
       done += 1
       continue
     start = time.perf_counter()
@@ -71,14 +72,4 @@ def sample(config, workdir, eval_folder="eval"):
     print(f"all {rounds} rounds already in {folder}; nothing to do.")
   return folder
 
-
-def _round_size(path):
-  """The number of images in a finished round's npz."""
-  try:
-    with path.open("rb") as f:
-      with np.load(f) as data:
-        return len(data["samples"])
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it and rerun to redraw that round.") \
-        from e
 

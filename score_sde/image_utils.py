@@ -38,3 +38,11 @@ def save_grid(images, path, nrow=None, scale=1):
   if scale > 1:
     image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
   image.save(path, format="PNG")
+
+
+def save_rows(rows, path, scale=1):
+  """Writes rows of uint8 images (lists of (H, W, C) arrays, ragged rows padded with white) as one PNG grid."""
+  width = max(len(row) for row in rows)
+  blank = np.full_like(rows[0][0], 255)
+  tiles = np.stack([x for row in rows for x in list(row) + [blank] * (width - len(row))])
+  save_grid(tiles, path, nrow=width, scale=scale)

@@ -34,14 +34,18 @@ def as_json(config):
   return json.loads(config.to_json_best_effort())
 
 
-def differences(stored, config):
-  """['key: stored value there, this value here', ...] over the keys that define the run."""
-  there, here = _identity(stored), _identity(as_json(config))
+def differing(there, here):
+  """['key <value there> there, <value here> here', ...] over the keys of two flat dicts whose values differ."""
   out = []
   for key in sorted(set(there) | set(here)):
     if there.get(key, "<absent>") != here.get(key, "<absent>"):
       out.append(f"{key} {there.get(key, '<absent>')!r} there, {here.get(key, '<absent>')!r} here")
   return out
+
+
+def differences(stored, config):
+  """`differing` over the keys that define the run, the stored config there and `config` here."""
+  return differing(_identity(stored), _identity(as_json(config)))
 
 
 def record(config, workdir):

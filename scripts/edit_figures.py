@@ -58,12 +58,9 @@ def main(argv):
       continue
     with np.load(path) as d:
       rows = _rows(task, {k: d[k] for k in d.files})
-    width = max(len(r) for r in rows)
-    blank = np.full_like(rows[0][0], 255)
-    tiles = np.stack([x for r in rows for x in r + [blank] * (width - len(r))])
     out = os.path.join(FLAGS.out, f"{FLAGS.prefix}{task}.png")
-    image_utils.save_grid(tiles, out, nrow=width, scale=FLAGS.scale)
-    print(f"{task}: {len(rows)} rows of {width} -> {out}")
+    image_utils.save_rows(rows, out, scale=FLAGS.scale)
+    print(f"{task}: {len(rows)} rows of {max(len(r) for r in rows)} -> {out}")
 
 
 if __name__ == "__main__":

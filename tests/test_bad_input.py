@@ -110,12 +110,7 @@ def test_corrupt_checkpoint_is_one_line_without_tracebacks_at_exit(tmp_path):
   from tests import train_utils  # pylint: disable=import-outside-toplevel
   workdir = str(tmp_path / "run")
   train_utils.run_train(workdir, "--config.training.n_iters=4", "--config.training.snapshot_freq=4")
-  for path in train_utils.checkpoint_data_files(os.path.join(workdir, "checkpoints", "4")):
-    data = bytearray(open(path, "rb").read())
-    if len(data) > 64:
-      data[len(data) // 2] ^= 0x10
-      with open(path, "wb") as f:
-        f.write(bytes(data))
+  train_utils.flip_a_bit_in_each_data_file(os.path.join(workdir, "checkpoints", "4"), 0x10)
   result = run_main("--config", "configs/vp/digits.py", *train_utils.TINY, "--mode", "sample", "--workdir", workdir)
   assert_one_line(result, r"^error: checkpoint \S+checkpoints/4 (is corrupt|is unreadable|could not be restored)")
   assert not os.path.exists(os.path.join(workdir, "eval"))

@@ -80,12 +80,7 @@ def test_sample_mode_writes_shards_and_resumes(tmp_path):
   # Bytes of the checkpoint changed after it was written (bit flips in its data files): refused in one line,
   # nothing already written is touched (before checksums this sampled from garbage parameters, exit 0).
   config.eval.ckpt_id = -1
-  for path in train_utils.checkpoint_data_files(os.path.join(workdir, "checkpoints", "2")):
-    data = bytearray(open(path, "rb").read())
-    if len(data) > 64:
-      data[len(data) // 2] ^= 0x04
-      with open(path, "wb") as f:
-        f.write(bytes(data))
+  train_utils.flip_a_bit_in_each_data_file(os.path.join(workdir, "checkpoints", "2"), 0x04)
   with pytest.raises(checkpointing.CheckpointError,
                      match=r"checkpoints/2 (is corrupt|is unreadable|could not be restored)") as info:
     generate.sample(config, workdir)

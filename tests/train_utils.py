@@ -59,6 +59,16 @@ def checkpoint_data_files(step_dir):
   return [p for _, p in sorted(out, reverse=True)]
 
 
+def flip_a_bit_in_each_data_file(step_dir, mask):
+  """XORs the middle byte of every array data file over 64 bytes of a written checkpoint with `mask`."""
+  for path in checkpoint_data_files(step_dir):
+    data = bytearray(open(path, "rb").read())
+    if len(data) > 64:
+      data[len(data) // 2] ^= mask
+      with open(path, "wb") as f:
+        f.write(bytes(data))
+
+
 def latest_state(workdir):
   """The newest checkpoint as a flat {path: numpy array} dict (no model needed)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
