@@ -20,6 +20,10 @@ def get_default_configs():
   training.snapshot_sampling = True          # sample from the EMA params at each snapshot
   training.init_from = ""                    # start from this checkpoint (2021 Flax, PyTorch .pth, Orbax workdir)
   training.conv_impl = "auto"                # train-step convs + GroupNorm: xla | onednn | auto (native on 1 CPU)
+  training.chunk_loop = "auto"               # the n_jitted_steps chunk: scan | unroll | auto (unroll on CPU)
+  training.remat = False                     # rematerialise each residual block in the backward pass (memory)
+  training.compute_dtype = "float32"         # float32 | bfloat16: the train step's activations (params stay f32)
+  training.grad_accum_steps = 1              # micro-batches per step (gradients summed, one optimizer update)
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = "pc"                     # pc | ode | ddim | heun (score_sde.sampling.registered_samplers())
@@ -106,7 +110,14 @@ def get_default_configs():
   data.centered = False                      # data in [0, 1] (else [-1, 1])
   data.uniform_dequantization = False
   data.data_dir = ""                         # TFDS data_dir ("" -> $TFDS_DATA_DIR or the TFDS default)
-  data.tfrecords_path = ""                   # FFHQ / CelebA-HQ: the folder of their *.tfrecords
+  data.tfrecords_path = ""                   # FFHQ / CelebA-HQ: the folder of their *.tfrecords; TFRECORDS: the
+                                             # training records (a file, a glob, or a folder of *.tfrecord*)
+  # Users' data (score_sde/data_user_sources.py): data.dataset = "IMAGE_FOLDER" or "TFRECORDS".
+  data.image_folder = ""                     # IMAGE_FOLDER: a folder of images, any depth (or DIR/train + DIR/test)
+  data.eval_fraction = 0.05                  # IMAGE_FOLDER without train/ and test/: the share held out for eval
+  data.tfrecords_eval_path = ""              # TFRECORDS: the eval records ("" = the training records)
+  data.tfrecords_image_key = "image"         # TFRECORDS: the bytes feature holding the encoded PNG / JPEG
+  data.tfrecords_label_key = ""              # TFRECORDS: the int64 label feature ("" = no labels)
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "ncsnpp"

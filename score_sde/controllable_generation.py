@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde import correctors, pc_sampler, predictors
+from score_sde import correctors, parallel, pc_sampler, predictors
 from score_sde.sampler_utils import expand
 
 # The colour basis: row d is the d-th decoupled channel, y_d = sum_c DECOUPLE[d, c] x_c. Row 0 is the grey
@@ -45,9 +45,10 @@ def couple(y):
 
 
 def _concrete(x):
-  """x as a numpy array, or None while it is being traced (its values are unknown then)."""
+  """x as a numpy array (gathered if it spans processes), or None while it is being traced (its values are
+  unknown then)."""
   try:
-    return np.asarray(x)
+    return parallel.to_host(x)
   except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
     return None
 

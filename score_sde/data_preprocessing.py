@@ -1,7 +1,58 @@
-"""Deterministic image preprocessing of the streamed sources (TensorFlow): centre crops, resizes, LSUN's 2021 recipe.
+"""Deterministic image preprocessing of the streamed sources (TensorFlow): decoding users' images to a channel
+count, centre crops, resizes, LSUN's 2021 recipe.
 
 Every function takes the `tensorflow` module as its first argument, so importing this module imports no TF.
 """
+
+# PIL's RGB -> L weights (ITU-R 601-2 luma, 0.299 R + 0.587 G + 0.114 B) in its 16-bit fixed point, rounded:
+# Pillow, src/libImaging/Convert.c, L24. Grey images of users' data are what `Image.convert('L')` makes.
+LUMA_16 = (19595, 38470, 7471)
+
+# Leading bytes of the formats `decode_user_image` reads (TF's decoders; BMP only at 24 / 32 bits per pixel, as
+# TF reads the palette index of 1- to 8-bit BMPs as grey and refuses 16-bit ones).
+IMAGE_FORMATS = "PNG, JPEG, GIF, WebP or 24/32-bit BMP"
+
+
+def _is_known_format(tf, contents):
+  head = tf.strings.join([tf.strings.substr(contents, 0, 30), b"\0" * 30])  # padded: short files fail below
+  starts = lambda prefix: tf.equal(tf.strings.substr(head, 0, len(prefix)), prefix)
+  bmp_bits = tf.io.decode_raw(tf.strings.substr(head, 28, 1), tf.uint8)[0]  # biBitCount's low byte
+  bmp = tf.logical_and(starts(b"BM"), bmp_bits >= 24)
+  webp = tf.logical_and(starts(b"RIFF"), tf.equal(tf.strings.substr(head, 8, 4), b"WEBP"))
+  return tf.reduce_any(tf.stack([starts(b"\x89PNG\r\n\x1a\n"), tf.io.is_jpeg(contents), starts(b"GIF8"), bmp,
+                                 webp]))
+
+
+def decode_user_image(tf, contents, channels, name):
+  """Encoded image bytes -> uint8 (H, W, channels), channels 1 (grey) or 3 (RGB), as PIL converts.
+
+  Any mode is accepted: alpha is dropped (as PIL's convert('RGB') / convert('L') drop it, no compositing),
+  grey is repeated to RGB, RGB becomes grey by PIL's fixed-point luma (`LUMA_16`); palette images arrive
+  expanded by the decoders. JPEGs are decoded with the accurate integer IDCT (libjpeg's ISLOW, PIL's default)
+  rather than TF's default fast one, so pixels equal PIL's. 16-bit PNGs keep their high byte (TF's reduction;
+  PIL's convert would clip instead). `name` (a string tensor saying where the bytes came from) is named in the
+  error of bytes that are none of `IMAGE_FORMATS`.
+  """
+  if channels not in (1, 3):
+    raise ValueError(f"data.num_channels={channels}: images are read as grey (1) or RGB (3).")
+  check = tf.debugging.Assert(_is_known_format(tf, contents), [name, f"is not a {IMAGE_FORMATS} image"])
+  with tf.control_dependencies([check]):
+    contents = tf.identity(contents)
+  image = tf.cond(tf.io.is_jpeg(contents),
+                  lambda: tf.io.decode_jpeg(contents, channels=0, dct_method="INTEGER_ACCURATE"),
+                  lambda: tf.io.decode_image(contents, channels=0, expand_animations=False))
+  have = tf.shape(image)[-1]
+  image = tf.cond(tf.equal(have % 2, 0), lambda: image[..., :have - 1], lambda: image)  # LA -> L, RGBA -> RGB
+  is_rgb = tf.equal(tf.shape(image)[-1], 3)
+  if channels == 1:
+    def luma():
+      rgb = tf.cast(image, tf.int32)
+      weighted = tf.tensordot(rgb, tf.constant(LUMA_16, tf.int32), axes=[[2], [0]]) + (1 << 15)
+      return tf.cast(tf.bitwise.right_shift(weighted, 16), tf.uint8)[..., None]
+    image = tf.cond(is_rgb, luma, lambda: image)
+  else:
+    image = tf.cond(is_rgb, lambda: image, lambda: tf.tile(image, [1, 1, 3]))
+  return tf.ensure_shape(image, [None, None, channels])
 
 
 def tf_to_size(tf, image, crop, size):
@@ -24,7 +75,9 @@ LSUN_SMALL_SIDE_SIZE = 128  # the one image_size at which the Score SDE code res
 
 
 def lsun_to_size(tf, image, size):
-  """uint8 HWC LSUN image -> float32 (size, size, 3) in [0, 1], as the Score SDE code (2021) preprocesses LSUN.
+  """uint8 HWC LSUN image -> float32 (size, size, C) in [0, 1], as the Score SDE code (2021) preprocesses LSUN.
+
+  C is the image's static channel count (3 for LSUN; users' images, which follow the same recipe, may be grey).
 
   yang-song/score_sde, datasets.py, `get_dataset` for 'LSUN':
     * size 128: `convert_image_dtype` to float, `resize_small` (the shorter side to `size`, the other to
@@ -47,7 +100,7 @@ def lsun_to_size(tf, image, size):
       so this moves a value by at most a rounding error).
   """
   shape = tf.shape(image)
-  h, w = shape[0], shape[1]
+  h, w, channels = shape[0], shape[1], image.shape[-1]
   if size == LSUN_SMALL_SIDE_SIZE:
     image = tf.image.convert_image_dtype(image, tf.float32)
     ratio = size / tf.cast(tf.minimum(h, w), tf.float64)
@@ -63,4 +116,4 @@ def lsun_to_size(tf, image, size):
     image = tf.image.resize(image, [size, size], antialias=True, method=tf.image.ResizeMethod.BICUBIC)
     image = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
     image = tf.image.convert_image_dtype(image, tf.float32)
-  return tf.ensure_shape(image, [size, size, 3])
+  return tf.ensure_shape(image, [size, size, channels])

@@ -1,8 +1,9 @@
 """The streamed sources: TFDS splits and ProGAN / StyleGAN TFRecords, read in stored order and seekable.
+(Users' folders of images and TFRecords of encoded images: `score_sde.data_user_sources`.)
 
 A source has `n` (examples), `window` (examples per shuffle window), `read(start)` (a tf.data stream of raw
 examples from index `start` on, never reading what lies before it) and `decode(raw)` (a raw example ->
-{'image': float32 (S, S, 3) in [0, 1][, 'label': int32]}). TensorFlow is imported lazily (`import_tf`), so
+{'image': float32 (S, S, C) in [0, 1][, 'label': int32]}). TensorFlow is imported lazily (`import_tf`), so
 the digits path never needs it.
 """
 import bisect
@@ -154,9 +155,23 @@ def count_records(path):
       header = f.read(12)  # uint64 payload length + uint32 masked crc of the length
       pos += 12 + (struct.unpack("<Q", header[:8])[0] if len(header) == 12 else size) + 4  # + payload crc
       if pos > size:
-        raise ValueError(f"TFRecord file {path!r} is truncated after {count} records.")
+        raise ValueError(f"TFRecord file {path!r} is truncated after {count} records (or is not an uncompressed "
+                         "TFRecord file).")
       count += 1
   return count
+
+
+def record_window(n, total_bytes):
+  """Examples per shuffle window of `n` records in `total_bytes`: about TFRECORD_WINDOW_BYTES of them."""
+  return int(np.clip(TFRECORD_WINDOW_BYTES * n // max(total_bytes, 1), 256, TFDS_WINDOW))
+
+
+def records_from(tf, files, starts, start):
+  """{'record'} from index `start` on of the records of `files` (file i's first record is index starts[i]):
+  whole files before it are never opened."""
+  i = bisect.bisect_right(starts, start) - 1
+  ds = tf.data.TFRecordDataset(files[i:]).skip(start - starts[i])
+  return ds.map(lambda record: {"record": record})
 
 
 class TFRecordSource:
@@ -172,8 +187,7 @@ class TFRecordSource:
       raise ValueError(f"data.tfrecords_path={config.data.tfrecords_path!r}: the *.tfrecords files are empty.")
     self._check_first_record()
     self._starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
-    total_bytes = sum(self.tf.io.gfile.stat(f).length for f in self.files)
-    self.window = int(np.clip(TFRECORD_WINDOW_BYTES * self.n // max(total_bytes, 1), 256, TFDS_WINDOW))
+    self.window = record_window(self.n, sum(self.tf.io.gfile.stat(f).length for f in self.files))
 
   def _check_first_record(self):
     """Reads the first record eagerly, so that files of another kind fail here in one line, not mid-pipeline."""
@@ -191,9 +205,7 @@ class TFRecordSource:
 
   def read(self, start):
     """Raw records from index `start` on: whole files before it are never opened."""
-    i = bisect.bisect_right(self._starts, start) - 1
-    ds = self.tf.data.TFRecordDataset(self.files[i:]).skip(start - self._starts[i])
-    return ds.map(lambda record: {"record": record})
+    return records_from(self.tf, self.files, self._starts, start)
 
   def decode(self, raw):
     tf = self.tf
@@ -205,7 +217,8 @@ class TFRecordSource:
 
 
 def make_source(config, split):
-  """The streamed source of `config.data.dataset` for `split` (FFHQ / CelebA-HQ: their one set of files)."""
+  """The streamed source of the built-in `config.data.dataset` for `split` (FFHQ / CelebA-HQ: their one set of
+  files); users' data sets are `data_user_sources.make_user_source`'s."""
   if config.data.dataset in ("FFHQ", "CelebAHQ"):
     return TFRecordSource(config)
   return TfdsSource(config, split)

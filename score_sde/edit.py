@@ -35,13 +35,15 @@ and `round_<r>.npz` (uint8 unless noted), written last as the round's done marke
   encode       inputs, latents (float32), outputs                row: input | latent (min-max scaled) | output
 A finished round (its npz holds the images this run wants there) is never redone; a run with other settings
 writes into a folder of its own.
+
+On several processes (`--distributed`) every process reads the same inputs, each round's batch is split over
+all devices (when edit.batch_size divides evenly over them), and process 0 writes the rounds.
 """
 import json
 import math
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
 import tqdm
@@ -71,8 +73,6 @@ def check_request(config, sde, e):
     raise ValueError(f"edit.task={e.task!r} is not one of {list(TASKS)}.")
   if e.num_images < 1 or e.batch_size < 1:
     raise ValueError(f"edit.num_images={e.num_images} and edit.batch_size={e.batch_size} must be >= 1.")
-  if jax.process_count() > 1:
-    raise ValueError("--mode edit runs on one host; start it without --distributed.")
   s = settings.SamplingSettings.from_config(config)
   if _SAMPLING_FIELDS[e.task] == PC_FIELDS:
     predictors.get_predictor(s.predictor)  # known names, or a one-line error
@@ -110,8 +110,9 @@ def check_request(config, sde, e):
 class _Task:
   """What every task builder gets: the config's SDE, scores, shapes and scalers, and the edit settings."""
 
-  def __init__(self, config, sde, model, e, labels=None, classifier_fn=None):
+  def __init__(self, config, sde, model, e, mesh, labels=None, classifier_fn=None):
     self.config, self.sde, self.e, self.labels, self.classifier_fn = config, sde, e, labels, classifier_fn
+    self.mesh = mesh
     self.s = settings.SamplingSettings.from_config(config)
     continuous = settings.TrainingSettings.from_config(config).continuous
     self.score_fn = mutils.get_score_fn(sde, model, continuous=continuous)
@@ -144,15 +145,19 @@ class _Task:
     return self.built("flow", lambda: (latents.get_encoder(self.sde, self.flow_score_fn, **args),
                                        latents.get_decoder(self.sde, self.flow_score_fn, **args)))
 
+  def put(self, x):
+    """A host array every process holds -> on the mesh, the batch split over its devices (`parallel.put_batch`)."""
+    return parallel.put_batch(x, self.mesh)
+
   def model_space(self, images):
-    """uint8 (n, ...) -> the scaled batch (B, ...), zero images padding it to the round's size."""
+    """uint8 (n, ...) -> the scaled batch (B, ...) on the mesh, zero images padding it to the round's size."""
     x = np.zeros(self.shape, np.float32)
     x[:len(images)] = np.asarray(images, np.float32) / 255.0
-    return self.scaler(jnp.asarray(x))
+    return self.put(self.scaler(x))
 
 
 def _u8(x):
-  return image_utils.to_uint8(np.asarray(x), rounding=True)
+  return image_utils.to_uint8(parallel.to_host(x), rounding=True)
 
 
 def _inpaint(t):
@@ -162,8 +167,8 @@ def _inpaint(t):
 
   def run(rng, params, images, _):
     mask_rng, rng = jax.random.split(rng)
-    masks = edit_inputs.make_masks(t.e.mask, t.e.mask_fraction, t.shape[0], h, mask_rng)
-    out, n = _u8(inpaint(rng, params, t.model_space(images), masks)), len(images)
+    masks = np.asarray(edit_inputs.make_masks(t.e.mask, t.e.mask_fraction, t.shape[0], h, mask_rng))
+    out, n = _u8(inpaint(rng, params, t.model_space(images), t.put(masks))), len(images)
     masks = np.asarray(masks[:n], np.uint8)
     shown = np.where(masks == 1, images, np.uint8(128))  # what is kept; mid-grey where it is filled in
     return {"inputs": images, "masks": masks, "outputs": out[:n]}, [list(row) for row in zip(images, shown, out)]
@@ -179,7 +184,7 @@ def _colorize(t):
     grey = np.repeat(np.mean(np.asarray(images, np.float32), axis=-1, keepdims=True), 3, axis=-1)
     x = np.zeros(t.shape, np.float32)
     x[:len(images)] = grey / 255.0
-    out, n, grey = _u8(colorize(rng, params, t.scaler(jnp.asarray(x)))), len(images), _u8(grey / 255.0)
+    out, n, grey = _u8(colorize(rng, params, t.put(t.scaler(x)))), len(images), _u8(grey / 255.0)
     return {"inputs": images, "grey": grey[..., :1], "outputs": out[:n]}, [list(r) for r in zip(images, grey, out)]
 
   return run
@@ -193,7 +198,7 @@ def _conditional(t, classifier_params):
 
   def run(rng, params, n, r):
     labels = np.asarray([t.labels[(r * b + j) % k] for j in range(b)], np.int32)
-    out = _u8(sample(rng, params, classifier_params, jnp.asarray(labels)))[:n]
+    out = _u8(sample(rng, params, classifier_params, t.put(labels)))[:n]
     rows = [[x for x, y in zip(out, labels[:n]) if y == label] for label in t.labels]
     return {"labels": labels[:n], "outputs": out}, [row for row in rows if row]
 
@@ -238,7 +243,7 @@ def _encode(t):
     n = len(images)
     z = encode(params, t.model_space(images))
     out = _u8(t.inverse(decode(params, z)))[:n]
-    z = np.asarray(z[:n], np.float32)
+    z = parallel.to_host(z)[:n].astype(np.float32)
     low, high = z.min(axis=(1, 2, 3), keepdims=True), z.max(axis=(1, 2, 3), keepdims=True)
     shown = _u8((z - low) / np.maximum(high - low, 1e-12))
     return {"inputs": images, "latents": z, "outputs": out}, [list(r) for r in zip(images, shown, out)]
@@ -259,18 +264,19 @@ def edit(config, workdir, eval_folder="eval"):
     own.update(input_key)
     count = len(images)
   classifier_params = None
+  mesh = parallel.make_mesh()
   if e.task == "conditional":
     classifier_fn, classifier_params = classifier_training.load_classifier(config, workdir)
-    task = _Task(config, sde, model, e, own["edit.labels"], classifier_fn)
+    classifier_params = jax.device_put(classifier_params, parallel.replicated(mesh))
+    task = _Task(config, sde, model, e, mesh, own["edit.labels"], classifier_fn)
     run = _conditional(task, classifier_params)
     own.update({k: v for k, v in classifier_training.identity(config).items() if k.startswith("classifier.")})
     own["classifier.guidance_scale"] = settings.ClassifierSettings.from_config(config).guidance_scale
     own["classifier.params"] = work_keys.params_digest(classifier_params)
   else:
-    task = _Task(config, sde, model, e)
+    task = _Task(config, sde, model, e, mesh)
     run = {"inpaint": _inpaint, "colorize": _colorize, "interpolate": _interpolate, "progressive": _progressive,
            "encode": _encode}[e.task](task)
-  mesh = parallel.make_mesh()
   step, params = train_state.restore_ema_params(config, workdir, model, mesh)
   key = work_keys.work_key(config, step, work_keys.params_digest(params))
   key = {k: v for k, v in key.items() if not k.startswith(("edit.", "classifier."))}
@@ -279,21 +285,24 @@ def edit(config, workdir, eval_folder="eval"):
   key.update(own)
   folder = work_keys.unit_folder(epath.Path(workdir) / eval_folder / "edit" / f"step_{step}", e.task, key)
   batch, base_rng = e.batch_size, jax.random.PRNGKey(config.seed)
-  rounds, done = math.ceil(count / batch), 0
-  for r in tqdm.trange(rounds, desc=f"edit {e.task} step {step}"):
+  rounds, done, is_main = math.ceil(count / batch), 0, jax.process_index() == 0
+  for r in tqdm.trange(rounds, desc=f"edit {e.task} step {step}", disable=not is_main):
     path = folder / f"round_{r}.npz"
     wanted = min(batch, count - r * batch)
-    # Finished before an interruption: never redone.
-    if path.exists() and len(files.load_npz(path)["outputs"]) == wanted:
+    # Finished before an interruption: never redone (process 0's view decides, so all processes join or none).
+    if parallel.process0_decides(path.exists() and len(files.load_npz(path)["outputs"]) == wanted):
       done += 1
       continue
     part = images[r * batch:r * batch + wanted] if images is not None else wanted
     arrays, rows = run(jax.random.fold_in(base_rng, r), params, part, r)
+    if not is_main:
+      continue
     # The npz is the round's 'done' marker, so it is written last.
     scale = max(1, 32 // task.shape[1])
     files.write_atomically(folder / f"round_{r}.png", lambda f, rows=rows: image_utils.save_rows(rows, f, scale))
     files.write_atomically(path, lambda f, arrays=arrays: np.savez_compressed(f, **arrays))
   what = f"{count} {'input images' if images is not None else 'samples'}"
-  print(f"edit {e.task}: {what} from step {step} in {rounds} round{'s' * (rounds != 1)} ({done} already done) -> "
-        f"{folder} ({time.perf_counter() - start:.1f} s)")
+  if is_main:
+    print(f"edit {e.task}: {what} from step {step} in {rounds} round{'s' * (rounds != 1)} ({done} already done) "
+          f"-> {folder} ({time.perf_counter() - start:.1f} s)")
   return folder

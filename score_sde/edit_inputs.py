@@ -8,11 +8,11 @@ given); PNG files are converted to grey ('L') or RGB as C asks, centre-cropped t
 PIL's antialiased bilinear filter (as the data pipelines resize).
 """
 import hashlib
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from score_sde import datasets, image_utils
@@ -27,33 +27,34 @@ def describe_input(text):
 
 
 def png_files(folder):
-  """The sorted PNG files of `folder` (a one-line ValueError if it is missing, not a folder, or has none)."""
-  if not os.path.exists(folder):
+  """The sorted PNG files of `folder`, local or gs:// (a one-line ValueError if it is missing, not a folder, or
+  has none)."""
+  where = epath.Path(folder)
+  if not where.exists():
     raise ValueError(f"edit.input={folder!r} does not exist: pass a folder of PNG files, or '', 'train', 'test' "
                      "for a split of the config's data set.")
-  if not os.path.isdir(folder):
+  if not where.is_dir():
     raise ValueError(f"edit.input={folder!r} is a file, not a folder of PNG files.")
-  names = sorted(n for n in os.listdir(folder) if n.lower().endswith(".png")
-                 and os.path.isfile(os.path.join(folder, n)))
-  if not names:
+  paths = sorted((p for p in where.iterdir() if p.name.lower().endswith(".png") and p.is_file()),
+                 key=lambda p: p.name)
+  if not paths:
     raise ValueError(f"edit.input={folder!r} holds no .png files.")
-  return [os.path.join(folder, n) for n in names]
+  return [str(p) for p in paths]
 
 
 def folder_digest(paths):
   """A digest of the files' names and bytes: what a folder's rounds depend on."""
   h = hashlib.sha256()
   for path in paths:
-    h.update(os.path.basename(path).encode() + b"\0")
-    with open(path, "rb") as f:
-      h.update(hashlib.sha256(f.read()).digest())
+    h.update(epath.Path(path).name.encode() + b"\0")
+    h.update(hashlib.sha256(epath.Path(path).read_bytes()).digest())
   return h.hexdigest()[:16]
 
 
 def load_png(path, size, channels):
   """One PNG as uint8 (size, size, channels): converted, centre-cropped to a square, resized."""
   try:
-    with Image.open(path) as image:
+    with epath.Path(path).open("rb") as f, Image.open(f) as image:
       image = image.convert("L" if channels == 1 else "RGB")
       w, h = image.size
       side = min(w, h)

@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from clu import metric_writers
 from etils import epath
 from jax.experimental import multihost_utils
 import tqdm
@@ -49,11 +50,10 @@ def _save_npz(path, arrays):
 
 def _unit(path, compute, complete=lambda arrays: True):
   """The arrays of a finished unit of work: loaded if `path` exists and holds a `complete` unit, else computed
-  and saved."""
-  if path.exists():
-    arrays = files.load_npz(path)
-    if complete(arrays):
-      return arrays, False
+  and saved (by process 0; whether it is there is process 0's view, so every process computes it or none)."""
+  arrays = files.load_npz(path) if path.exists() else None
+  if parallel.process0_decides(arrays is not None and bool(complete(arrays))):
+    return (arrays if arrays is not None else files.load_npz(path)), False
   arrays = {k: np.asarray(v) for k, v in compute().items()}
   _save_npz(path, arrays)
   return arrays, True
@@ -61,6 +61,18 @@ def _unit(path, compute, complete=lambda arrays: True):
 
 def _gather(x):
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _features(feature_fn, images):
+  """`feature_fn(images)` with each process computing the features of its share of the rows, gathered in row
+  order on every process (every process holds all of `images`)."""
+  pc, pi = jax.process_count(), jax.process_index()
+  if pc == 1:
+    return feature_fn(images)
+  per = math.ceil(len(images) / pc)
+  part = images[pi * per:(pi + 1) * per]
+  part = np.concatenate([part, np.zeros((per - len(part),) + images.shape[1:], images.dtype)])  # equal shares
+  return {k: _gather(v)[:len(images)] for k, v in feature_fn(part).items()}
 
 
 # ------------------------------------------------------------------------------------------------ evaluators
@@ -119,10 +131,9 @@ def _batches(ctx, split, dequantize, pass_index, start_batch):
 
 
 def _first_missing(folder, names):
-  for i, name in enumerate(names):
-    if not (folder / name).exists():
-      return i
-  return len(names)
+  """The index of the first of `names` not in `folder` (process 0's view, on every process)."""
+  first = next((i for i, name in enumerate(names) if not (folder / name).exists()), len(names))
+  return parallel.process0_decides(first)
 
 
 # Each evaluator is built once per eval (`make_*(ctx)`: checks its config, compiles nothing yet, loads what it
@@ -298,7 +309,7 @@ def make_sample_eval(ctx):
       def compute(r=r, wanted=wanted):
         samples, round_nfe = sample_fn(ctx.rng(ckpt.step, 1000, r), ckpt.params)
         images = image_utils.to_uint8(_gather(samples)[:wanted], rounding)
-        features = feature_fn(images)
+        features = _features(feature_fn, images)
         if ctx.is_main and r == 0:
           with (folder / "samples_0.png").open("wb") as f:
             image_utils.save_grid(images[:256], f, scale=4 if images.shape[1] <= 32 else 1)
@@ -373,6 +384,9 @@ def evaluate(config, workdir, eval_folder="eval"):
   ctx = _Context(config, workdir, eval_folder)
   evaluators = [make(ctx) for make in wanted]  # bad settings and missing files fail here, before any work
   reports = {}
+  # TensorBoard: each checkpoint's metrics at its step (and the first round of its samples), next to training's
+  # curves when pointed at the workdir.
+  writer = metric_writers.create_default_writer(str(ctx.eval_dir / "tensorboard"), just_logging=not ctx.is_main)
   for step in steps:
     if pretrained_path:  # a released checkpoint: evaluated once, at the step it holds
       step, params = train_state.restore_ema_params(config, workdir, ctx.model, ctx.mesh)
@@ -387,14 +401,28 @@ def evaluate(config, workdir, eval_folder="eval"):
     for run in evaluators:
       report.update(run(ckpt))
     reports[step] = _write_reports(ctx, out, report)
+    _write_tensorboard(writer, out, report)
     summary = ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(report.items()) if k != "step" and
                         not k.endswith("_units"))
     kept = sorted(k for k in set(reports[step]) - set(report) if not k.endswith("_units"))
     if kept:  # merged from earlier runs of this checkpoint
       summary += f" (report.json also keeps {', '.join(kept)} from earlier runs)"
     logging.info("Step %d: %s", step, summary)
-    print(f"step {step}: {summary}  -> {out / 'report.json'}")
+    if ctx.is_main:
+      print(f"step {step}: {summary}  -> {out / 'report.json'}")
+  writer.close()
   return reports
+
+
+def _write_tensorboard(writer, out, report):
+  """This run's numeric metrics of one checkpoint as scalars at its step, and its first round of samples."""
+  step = report["step"]
+  writer.write_scalars(step, {k: v for k, v in report.items()
+                              if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)})
+  if "samples_units" in report and (out / report["samples_units"] / "samples_0.npz").exists():
+    images = files.load_npz(out / report["samples_units"] / "samples_0.npz")["samples"][:256]
+    writer.write_images(step, {"samples": image_utils.make_grid(images)[None]})
+  writer.flush()
 
 
 # ----------------------------------------------------------------------------------------------- --mode stats
@@ -413,9 +441,9 @@ def compute_stats(config, split="train"):
   for batch in tqdm.tqdm(batches, total=math.ceil(n / config.eval.batch_size), desc=f"features of {split}",
                          disable=jax.process_index() != 0):
     images = image_utils.to_uint8(_gather(batch["image"]), rounding)[_gather(batch["mask"]) > 0]
-    pool.append(feature_fn(images)["pool_3"])
+    pool.append(_features(feature_fn, images)["pool_3"])
   features = np.concatenate(pool)
   if jax.process_index() == 0:
     evaluation.save_stats(path, features, network=feature_fn.network)
-  print(f"reference statistics of {len(features)} {config.data.dataset} {split} images -> {path}")
+    print(f"reference statistics of {len(features)} {config.data.dataset} {split} images -> {path}")
   return path

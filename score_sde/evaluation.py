@@ -195,15 +195,20 @@ def stats_path(config):
   """Where `--mode stats` writes the reference statistics of config's data, and where eval looks first.
 
   config.eval.stats_path when set; else `<dir>/<dataset>_<image_size>_stats.npz` (LSUN:
-  `lsun_<category>_<size>_stats.npz`), lower case, with <dir> = config.eval.stats_dir when set, else
-  `assets/stats` in the repository.
+  `lsun_<category>_<size>_stats.npz`; a user's IMAGE_FOLDER / TFRECORDS: `<dataset>_<digest>_<size>_stats.npz`,
+  the digest naming its training files, so two folders never share statistics), lower case, with <dir> =
+  config.eval.stats_dir when set, else `assets/stats` in the repository.
   """
   explicit = settings.EvalSettings.from_config(config).stats_path
   if explicit:
     return explicit
+  from score_sde import datasets  # pylint: disable=g-import-not-at-top
   name = config.data.dataset.lower()
   if config.data.dataset == "LSUN":
     name += "_" + settings.DataSettings.from_config(config).category
+  digest = datasets.data_digest(config)
+  if digest:
+    name += "_" + digest
   return os.path.join(_stats_folder(config), f"{name}_{config.data.image_size}_stats.npz")
 
 

@@ -49,8 +49,8 @@ def sample(config, workdir, eval_folder="eval"):
   for r in tqdm.trange(rounds, desc=f"sampling step {step}", disable=not is_main):
     path = folder / f"samples_{r}.npz"
     wanted = min(batch, num_samples - r * batch)
-    # Finished before an interruption: never redone.
-    if path.exists() and len(files.load_npz(path)["samples"]) >= wanted:
+    # Finished before an interruption: never redone (process 0's view decides, so all processes sample or none).
+    if parallel.process0_decides(path.exists() and len(files.load_npz(path)["samples"]) >= wanted):
       done += 1
       continue
     start = time.perf_counter()
@@ -66,10 +66,10 @@ def sample(config, workdir, eval_folder="eval"):
   if drawn:
     logging.info("Sampled %d images (%d rounds skipped as done) from step %d: NFE %d per sample, %.2f images/s "
                  "-> %s", drawn, done, step, int(nfe), drawn / seconds, folder)
+  if is_main:  # one line per run, not per process
     print(f"{drawn} samples from step {step} in {folder}: NFE {int(nfe)}, {drawn / seconds:.2f} images/s "
-          f"(first round includes compilation)")
-  else:
-    print(f"all {rounds} rounds already in {folder}; nothing to do.")
+          f"(first round includes compilation)" if drawn else f"all {rounds} rounds already in {folder}; nothing "
+          "to do.")
   return folder
 
 

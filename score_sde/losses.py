@@ -1,13 +1,23 @@
 """Training objectives (Song et al. 2021 eq. 7; SMLD; DDPM eq. 14), the optimizer, EMA and the pure steps.
 
-Every loss is `loss_fn(params, images, rng) -> scalar`; every step is `(state, batch, rng) -> (state, metrics)`
-with `batch = {'image': (B, H, W, C)}`, ready to be jit-compiled and sharded by the training loop.
+Every loss is `loss_fn(params, images, rng) -> scalar` (the training losses are `Objective`s: per-example
+draws and losses, so a batch can be cut into micro-batches); every step is `(state, batch, rng) -> (state,
+metrics)` with `batch = {'image': (B, H, W, C)}`, ready to be jit-compiled and sharded by the training loop.
+The train step's memory knobs (`training.remat`, `compute_dtype`, `grad_accum_steps`) are applied by
+`get_train_step_from_config`; benchmarks/memory.py measures them.
 """
+import dataclasses
+from typing import Callable
+
 import flax
 import jax
 import jax.numpy as jnp
 import optax
 
+from jax.sharding import PartitionSpec as P
+
+from score_sde import mixed_precision, parallel, settings
+from score_sde.models import remat as remat_lib
 from score_sde.models import utils as mutils
 
 
@@ -77,6 +87,24 @@ def _bcast(v, x):
   return v.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """A training objective: `objective(params, images, rng) -> scalar`, the mean over the batch of per-example
+  losses (2021's convention), in the two halves that let a batch be cut into micro-batches
+  (`training.grad_accum_steps`) with the full batch's per-example randomness:
+
+  draw(rng, shape) -> (noise, rng_net): everything drawn per example (a dict of arrays with leading axis B:
+    the times or noise levels and the Gaussian noise), and the rng left for the network (dropout);
+  losses(params, images, noise, rng_net) -> (B,): the per-example losses.
+  """
+  draw: Callable
+  losses: Callable
+
+  def __call__(self, params, images, rng):
+    noise, rng_net = self.draw(rng, images.shape)
+    return jnp.mean(self.losses(params, images, noise, rng_net))
+
+
 def get_sde_loss_fn(sde, score_fn, reduce_mean=True, likelihood_weighting=False, eps=1e-5):
   """Denoising score matching over continuous t ~ U(eps, T) (eq. 7).
 
@@ -85,21 +113,33 @@ def get_sde_loss_fn(sde, score_fn, reduce_mean=True, likelihood_weighting=False,
   """
   reduce_op = _reduce_fn(reduce_mean)
 
-  def loss_fn(params, images, rng):
+  def draw(rng, shape):
     rng_t, rng_z, rng_net = jax.random.split(rng, 3)
-    t = jax.random.uniform(rng_t, (images.shape[0],), minval=eps, maxval=sde.T)
-    z = jax.random.normal(rng_z, images.shape)
+    t = jax.random.uniform(rng_t, (shape[0],), minval=eps, maxval=sde.T)
+    return {"t": t, "z": jax.random.normal(rng_z, shape)}, rng_net
+
+  def losses(params, images, noise, rng_net):
+    t, z = noise["t"], noise["z"]
     mean, std = sde.marginal_prob(images, t)
     perturbed = mean + _bcast(std, images) * z
     score = score_fn(params, perturbed, t, rng=rng_net)
     if likelihood_weighting:
       g2 = sde.sde(jnp.zeros_like(images), t)[1] ** 2
-      losses = reduce_op(jnp.square(score + z / _bcast(std, images))) * g2
-    else:
-      losses = reduce_op(jnp.square(score * _bcast(std, images) + z))
-    return jnp.mean(losses)
+      return reduce_op(jnp.square(score + z / _bcast(std, images))) * g2
+    return reduce_op(jnp.square(score * _bcast(std, images) + z))
 
-  return loss_fn
+  return Objective(draw, losses)
+
+
+def _draw_labels(num_labels):
+  """`draw` of the discrete losses: a uniform noise-level index and standard normal noise per example."""
+
+  def draw(rng, shape):
+    rng_label, rng_z, rng_net = jax.random.split(rng, 3)
+    labels = jax.random.randint(rng_label, (shape[0],), 0, num_labels)
+    return {"labels": labels, "z": jax.random.normal(rng_z, shape)}, rng_net
+
+  return draw
 
 
 def get_smld_loss_fn(vesde, model_fn, reduce_mean=False):
@@ -109,17 +149,15 @@ def get_smld_loss_fn(vesde, model_fn, reduce_mean=False):
   sigmas_desc = jnp.asarray(vesde.discrete_sigmas[::-1].copy())  # label 0 = sigma_max
   reduce_op = _reduce_fn(reduce_mean)
 
-  def loss_fn(params, images, rng):
-    rng_label, rng_z, rng_net = jax.random.split(rng, 3)
-    labels = jax.random.randint(rng_label, (images.shape[0],), 0, vesde.N)
+  def losses(params, images, noise, rng_net):
+    labels = noise["labels"]
     sigmas = _bcast(sigmas_desc[labels], images)
-    noise = jax.random.normal(rng_z, images.shape) * sigmas
-    score = model_fn(params, images + noise, labels, rng_net)
-    target = -noise / sigmas ** 2
-    losses = reduce_op(jnp.square(score - target)) * sigmas.reshape(-1) ** 2
-    return jnp.mean(losses)
+    perturbation = noise["z"] * sigmas
+    score = model_fn(params, images + perturbation, labels, rng_net)
+    target = -perturbation / sigmas ** 2
+    return reduce_op(jnp.square(score - target)) * sigmas.reshape(-1) ** 2
 
-  return loss_fn
+  return Objective(_draw_labels(vesde.N), losses)
 
 
 def get_ddpm_loss_fn(vpsde, model_fn, reduce_mean=True):
@@ -130,15 +168,13 @@ def get_ddpm_loss_fn(vpsde, model_fn, reduce_mean=True):
   sqrt_1m_abar = jnp.asarray(vpsde.sqrt_1m_alphas_cumprod)
   reduce_op = _reduce_fn(reduce_mean)
 
-  def loss_fn(params, images, rng):
-    rng_label, rng_z, rng_net = jax.random.split(rng, 3)
-    labels = jax.random.randint(rng_label, (images.shape[0],), 0, vpsde.N)
-    noise = jax.random.normal(rng_z, images.shape)
-    perturbed = _bcast(sqrt_abar[labels], images) * images + _bcast(sqrt_1m_abar[labels], images) * noise
+  def losses(params, images, noise, rng_net):
+    labels, z = noise["labels"], noise["z"]
+    perturbed = _bcast(sqrt_abar[labels], images) * images + _bcast(sqrt_1m_abar[labels], images) * z
     eps_pred = model_fn(params, perturbed, labels, rng_net)
-    return jnp.mean(reduce_op(jnp.square(eps_pred - noise)))
+    return reduce_op(jnp.square(eps_pred - z))
 
-  return loss_fn
+  return Objective(_draw_labels(vpsde.N), losses)
 
 
 def get_loss_fn(sde, model, train, reduce_mean=False, continuous=True, likelihood_weighting=False, eps=1e-5):
@@ -164,16 +200,108 @@ def get_loss_fn_from_config(config, sde, model, train):
                      likelihood_weighting=t.likelihood_weighting)
 
 
+# ------------------------------------------------------------------------------------- memory knobs (training)
+def check_memory_knobs(config, num_devices=None):
+  """One-line ValueErrors for `training.remat`, `compute_dtype` and `grad_accum_steps` values a train step
+  cannot take; to run before anything is written (`config_checks.validate_config`)."""
+  t = settings.TrainingSettings.from_config(config)  # remat must be a bool, grad_accum_steps an int
+  mixed_precision.check_compute_dtype(t.compute_dtype)
+  k = t.grad_accum_steps
+  if k < 1:
+    raise ValueError(f"training.grad_accum_steps={k} must be >= 1.")
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  if k > 1 and t.batch_size % (k * num_devices):
+    raise ValueError(f"training.batch_size={t.batch_size} must be a multiple of training.grad_accum_steps x the "
+                     f"device count = {k} x {num_devices} (each device cuts its share of the batch into {k} "
+                     "micro-batches); change either.")
+
+
+def train_model(model, remat=False, compute_dtype="float32"):
+  """The network the train step's loss differentiates: `model` with its residual blocks rematerialised
+  (`models/remat.py`) and computing in `compute_dtype` (`mixed_precision.py`); the same parameters."""
+  return mixed_precision.with_compute_dtype(remat_lib.with_remat(model, remat), compute_dtype)
+
+
+def get_train_step_from_config(config, sde, model, optimizer):
+  """`get_train_step` for `config`: the loss of `train_model(model, training.remat, training.compute_dtype)`
+  (pass `model` with its train-step ops already applied), `training.grad_accum_steps` micro-batches."""
+  check_memory_knobs(config)
+  t = settings.TrainingSettings.from_config(config)
+  loss_fn = get_loss_fn_from_config(config, sde, train_model(model, t.remat, t.compute_dtype), train=True)
+  return get_train_step(loss_fn, optimizer, config.model.ema_rate, grad_accum_steps=t.grad_accum_steps)
+
+
 # ---------------------------------------------------------------------------------------------------- steps
-def get_train_step(loss_fn, optimizer, ema_rate):
+def micro_batches(x, k):
+  """(B, ...) -> (k, B / k, ...): micro-batch j holds examples j, j + k, j + 2k, ..."""
+  return x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
+
+
+def accumulated_value_and_grad(objective, k):
+  """`value_and_grad(objective)` as the mean over `k` micro-batches, one compiled loop (`lax.scan`) per device.
+
+  The full batch's per-example randomness is drawn once, then each device (`shard_map` over the data axis of
+  `parallel.make_mesh()`, the training loop's mesh) cuts its share of the images and their draws into k
+  micro-batches (`micro_batches`: a device's every k-th example), sums the micro-batch mean losses and gradients
+  and divides by k; one `pmean` over the devices then gives the full batch's mean loss and gradient, up to float
+  rounding, in one all-reduce per step (a scan over globally sharded micro-batches would all-reduce in every
+  iteration). Each example sees the times / noise levels and noise it would see in the full batch. Only the
+  network's own rng (dropout) is drawn per device and micro-batch (fold_in): equally distributed masks, but not
+  the full batch's bits, so with dropout the update equals the full batch's in distribution only.
+  """
+  if not isinstance(objective, Objective):
+    raise ValueError("training.grad_accum_steps > 1 needs a losses.Objective (a loss with per-example draws).")
+  grad_fn = jax.value_and_grad(lambda p, x, n, r: jnp.mean(objective.losses(p, x, n, r)))
+
+  def local_value_and_grad(params, images, noise, rng_net):
+    if images.shape[0] % k:
+      raise ValueError(f"a share of {images.shape[0]} examples per device does not split into "
+                       f"training.grad_accum_steps={k} micro-batches.")
+    micro = jax.tree_util.tree_map(lambda a: micro_batches(a, k), (images, noise))
+    rng_net = jax.random.fold_in(rng_net, jax.lax.axis_index(parallel.DATA_AXIS))
+    # Parameters as this device's own ("varying") values: their gradients are then this device's sums, reduced
+    # once by the pmean below (gradients of the replicated parameters would be all-reduced in every
+    # micro-batch's backward pass).
+    params = jax.lax.pcast(params, (parallel.DATA_AXIS,), to="varying")
+
+    def body(total, inputs):
+      j, (x, n) = inputs
+      loss_and_grads = grad_fn(params, x, n, jax.random.fold_in(rng_net, j))
+      return jax.tree_util.tree_map(jnp.add, total, loss_and_grads), None
+
+    # The sums differ from device to device until the pmean (varying, like the parameters).
+    zeros = (jax.lax.pcast(jnp.zeros((), jnp.float32), (parallel.DATA_AXIS,), to="varying"),
+             jax.tree_util.tree_map(jnp.zeros_like, params))
+    total, _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
+    return jax.lax.pmean(jax.tree_util.tree_map(lambda v: v / k, total), parallel.DATA_AXIS)
+
+  def value_and_grad(params, images, rng):
+    noise, rng_net = objective.draw(rng, images.shape)
+    batch = P(parallel.DATA_AXIS)
+    return jax.shard_map(local_value_and_grad, mesh=parallel.make_mesh(), in_specs=(P(), batch, batch, P()),
+                         out_specs=P())(params, images, noise, rng_net)
+
+  return value_and_grad
+
+
+def get_train_step(loss_fn, optimizer, ema_rate, grad_accum_steps=1):
   """`train_step(state, batch, rng) -> (state, metrics)`: one Adam update and one EMA update.
 
   How the network inside `loss_fn` computes is its model's `ops` (`train.train` builds the loss from
   `model.clone(ops=ops.resolve(training.conv_impl, devices))`); the parameters and the math are the same.
+  With `grad_accum_steps` k > 1 the gradient is the mean over k micro-batches (`accumulated_value_and_grad`;
+  `loss_fn` must be an `Objective`), still one optimizer and one EMA update per step; the metrics are the
+  full batch's (its mean loss and the norm of its mean gradient).
   """
+  if int(grad_accum_steps) != grad_accum_steps or grad_accum_steps < 1:
+    raise ValueError(f"training.grad_accum_steps={grad_accum_steps!r} must be an integer >= 1.")
+  if grad_accum_steps == 1:
+    value_and_grad = jax.value_and_grad(loss_fn)
+  else:
+    value_and_grad = accumulated_value_and_grad(loss_fn, grad_accum_steps)
 
   def train_step(state, batch, rng):
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch["image"], rng)
+    loss, grads = value_and_grad(state.params, batch["image"], rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = optax.incremental_update(params, state.ema_params, step_size=1.0 - ema_rate)

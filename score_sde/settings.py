@@ -76,6 +76,10 @@ class TrainingSettings(_Section):
   snapshot_sampling: bool = True
   init_from: str = ""                     # start from this checkpoint (2021 Flax, PyTorch port .pth, Orbax)
   conv_impl: str = "auto"                 # how the train step computes convs / GroupNorm: auto | xla | onednn
+  chunk_loop: str = "auto"                # how a chunk of n_jitted_steps runs: scan | unroll | auto
+  remat: bool = False                     # rematerialise residual blocks in the train step's backward pass
+  compute_dtype: str = "float32"          # the train step's compute dtype: float32 | bfloat16
+  grad_accum_steps: int = 1               # micro-batches per optimizer update
 
 
 
@@ -147,8 +151,13 @@ class DataSettings(_Section):
   centered: bool = False
   uniform_dequantization: bool = False
   data_dir: str = ""                      # TFDS data_dir ("" -> $TFDS_DATA_DIR or the TFDS default)
-  tfrecords_path: str = ""                # FFHQ / CelebA-HQ TFRecords
+  tfrecords_path: str = ""                # FFHQ / CelebA-HQ / TFRECORDS: TFRecords (a file, glob or folder)
   category: str = "bedroom"               # LSUN
+  image_folder: str = ""                  # IMAGE_FOLDER: the folder of images (local or gs://)
+  eval_fraction: float = 0.05             # IMAGE_FOLDER without train/ + test/: the share held out for eval
+  tfrecords_eval_path: str = ""           # TFRECORDS: the eval split's files ("" = the training files)
+  tfrecords_image_key: str = "image"      # TFRECORDS: the bytes feature of the encoded image
+  tfrecords_label_key: str = ""           # TFRECORDS: the int64 label feature ("" = no labels)
 
 
 

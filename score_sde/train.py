@@ -56,6 +56,25 @@ def check_training_config(config):
                        "(events happen between compiled chunks of steps).")
   if t.n_iters < 1:
     raise ValueError(f"training.n_iters={t.n_iters} must be >= 1.")
+  chunk_loop(settings.TrainingSettings.from_config(config).chunk_loop)
+
+
+CHUNK_LOOPS = ("auto", "scan", "unroll")
+
+
+def chunk_loop(setting, backend=None):
+  """How one compiled call runs its chunk of `n_jitted_steps` train steps: "scan" or "unroll".
+
+  "scan" is `lax.scan` over the chunk, the step traced once: what TPUs and GPUs run (the 2021 code's
+  `jax.lax.scan` inside `pmap`). "unroll" traces the step once per batch of the chunk into one program: XLA:CPU
+  runs a train step inside a while loop (or on a dynamically sliced batch) many times slower than the same step
+  unrolled, so "auto" unrolls on the CPU backend only. Both compute the same steps (tests/test_chunk_loop.py).
+  """
+  if setting not in CHUNK_LOOPS:
+    raise ValueError(f"training.chunk_loop={setting!r} is not one of {list(CHUNK_LOOPS)}.")
+  if setting != "auto":
+    return setting
+  return "unroll" if (backend or jax.default_backend()) == "cpu" else "scan"
 
 
 def _crossed(before, after, every):
@@ -203,13 +222,12 @@ def train(config, workdir):
   train_ops = ops_lib.resolve(t.conv_impl, mesh.devices.flat)
   train_model = ops_lib.with_ops(model, train_ops)
   logging.info("Train-step ops: %s.", train_ops.name if train_model is not model else ops_lib.XLA.name)
-  train_step = losses.get_train_step(losses.get_loss_fn_from_config(config, sde, train_model, train=True),
-                                     optimizer, config.model.ema_rate)
+  # It is also rematerialised and cast as training.remat / training.compute_dtype say, and averaged over
+  # training.grad_accum_steps micro-batches (losses.get_train_step_from_config).
+  train_step = losses.get_train_step_from_config(config, sde, train_model, optimizer)
   eval_step = losses.get_eval_step(losses.get_loss_fn_from_config(config, sde, model, train=False))
 
-  # XLA:CPU runs a train step inside a while loop (lax.scan) or on a dynamically sliced batch many times
-  # slower than the same step unrolled, so on CPU the chunk is unrolled at trace time instead.
-  unroll_chunks = jax.default_backend() == "cpu"
+  unroll_chunks = chunk_loop(t.chunk_loop) == "unroll"
 
   def body(state, images):
     return train_step(state, {"image": scaler(images)}, jax.random.fold_in(train_rng, state.step))
@@ -265,6 +283,7 @@ def train(config, workdir):
       scale = 4 if h <= 32 else 1
       files.write_atomically(folder / "samples.png", lambda f: image_utils.save_grid(images, f, scale=scale))
       files.write_atomically(folder / "samples.npz", lambda f: np.savez_compressed(f, samples=images))
+      writer.write_images(step, {"samples": image_utils.make_grid(images)[None]})
       logging.info("Step %d: samples written to %s", step, folder)
 
   # Killed between a snapshot and its samples: the samples of the checkpoint resumed from are drawn now (from
@@ -319,6 +338,13 @@ def train(config, workdir):
   if preemption.requested and step < t.n_iters:
     raise Preempted(step)
   return state
+
+
+def logged_tags(workdir):
+  """{(step, tag)} of everything (scalars, images) written to `<workdir>/tensorboard`."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return {(event.step, value.tag) for path in glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+          for event in tf.compat.v1.train.summary_iterator(path) for value in event.summary.value}
 
 
 def logged_scalars(workdir, tag):

@@ -29,8 +29,9 @@ KEY_FILE = "key.json"
 _NEVER = (
     "training.n_iters", "training.log_freq", "training.eval_freq", "training.snapshot_freq",
     "training.snapshot_freq_for_preemption", "training.snapshot_sampling", "training.n_jitted_steps",
-    "training.conv_impl", "training.init_from", "training.batch_size", "optim", "sampling", "eval",
-    "data.data_dir", "data.tfrecords_path", "classifier", "edit",
+    "training.conv_impl", "training.init_from", "training.chunk_loop", "training.remat",
+    "training.compute_dtype", "training.grad_accum_steps", "training.batch_size", "optim", "sampling", "eval",
+    "data.data_dir", "data.tfrecords_path", "data.image_folder", "data.tfrecords_eval_path", "classifier", "edit",
 )
 
 

@@ -4,8 +4,9 @@
 run: a continuation that may change some keys records its values, e.g. a raised n_iters). A later
 `--mode train` on that workdir continues only when everything that defines the run is the same: the model, the
 SDE and loss, the data and its preprocessing, the batch size, the optimizer and the seed. How long to train, how
-often to log, evaluate, checkpoint and sample, how samples are drawn and evaluated, and where the data is read
-from may change between runs (`MAY_CHANGE`).
+often to log, evaluate, checkpoint and sample, how a step computes (its chunk loop, rematerialisation, compute
+dtype and micro-batches: a run moved to smaller devices may turn them on), how samples are drawn and evaluated,
+and where the data is read from may change between runs (`MAY_CHANGE`).
 """
 import json
 
@@ -20,7 +21,9 @@ FILE_NAME = "config.json"
 MAY_CHANGE = (
     "training.n_iters", "training.log_freq", "training.eval_freq", "training.snapshot_freq",
     "training.snapshot_freq_for_preemption", "training.snapshot_sampling", "training.n_jitted_steps",
-    "training.conv_impl", "training.init_from", "sampling", "eval", "data.data_dir", "data.tfrecords_path",
+    "training.conv_impl", "training.init_from", "training.chunk_loop", "training.remat",
+    "training.compute_dtype", "training.grad_accum_steps", "sampling", "eval", "data.data_dir",
+    "data.tfrecords_path", "data.image_folder", "data.tfrecords_eval_path",
 )
 
 

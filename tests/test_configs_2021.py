@@ -395,7 +395,7 @@ def _config_files():
   for path in (ROOT / "configs").rglob("*.py"):
     if path.name == "__init__.py" or path.name == "archs.py" or path.name.startswith("default_"):
       continue
-    if path.name == "digits.py":   # ours only (embedded digits data), no 2021 counterpart
+    if path.name in ("digits.py", "image_folder.py"):  # ours only (embedded digits, users' data), no 2021 counterpart
       continue
     files.add(path.relative_to(ROOT / "configs").as_posix())
   return files

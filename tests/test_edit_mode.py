@@ -210,6 +210,9 @@ class _ColourTask:
     del name, extra
     return build()
 
+  def put(self, x):
+    return jax.numpy.asarray(x)
+
   def pc_args(self):
     return dict(predictor="euler_maruyama", corrector="none", inverse_scaler=self.inverse, snr=0.16, n_steps=1,
                 probability_flow=False, denoise=True, eps=1e-3)

@@ -166,6 +166,9 @@ def test_stats_mode_then_sample_quality_metrics(trained, tmp_path):
                 glob.glob(os.path.join(trained, "eval_samples", "ckpt_20", "samples-*"))) == ["samples", "samples"]
   with open(os.path.join(trained, "eval_samples", "ckpt_20", "history.jsonl")) as f:
     assert [json.loads(line)["fid"] for line in f] == [report["fid"], other["fid"]]
+  # TensorBoard (<eval_folder>/tensorboard): each run's metrics at the checkpoint's step, and its samples.
+  assert train.logged_scalars(os.path.join(trained, "eval_samples"), "fid") == {20: pytest.approx(other["fid"])}
+  assert (20, "samples") in train.logged_tags(os.path.join(trained, "eval_samples"))
 
 
 def test_eval_waits_for_a_checkpoint_that_training_writes_later(tmp_path, monkeypatch):

@@ -5,8 +5,6 @@ import signal
 import subprocess
 import time
 
-import socket
-
 import numpy as np
 import pytest
 
@@ -125,29 +123,3 @@ def test_checkpoint_of_another_model_is_refused_and_kept(finished_run):
   after = {p: os.path.getmtime(os.path.join(d, p)) for d, _, files in os.walk(finished_run) for p in files
            if "checkpoints" in d}
   assert before == after
-
-
-def test_two_processes_on_localhost_match_one_process(finished_run, tmp_path):
-  """Multi-host path: jax.distributed over 2 local processes x 2 devices, each feeding half of every batch."""
-  workdir = str(tmp_path)
-  with socket.socket() as sock:
-    sock.bind(("localhost", 0))
-    port = sock.getsockname()[1]
-  procs = [subprocess.Popen(train_utils.train_command(workdir, "--config.training.n_iters=24", "--distributed",
-                                                      f"--coordinator_address=localhost:{port}",
-                                                      "--num_processes=2", f"--process_id={i}"),
-                            env=train_utils.env_with(devices=2), cwd=train_utils.ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True) for i in range(2)]
-  try:
-    errors = [p.communicate(timeout=600)[1] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  assert all(p.returncode == 0 for p in procs), errors[0][-3000:] + errors[1][-3000:]
-  curve_1 = train.logged_scalars(finished_run, "train_loss")
-  curve_2 = train.logged_scalars(workdir, "train_loss")  # written by process 0 only
-  assert sorted(curve_2) == sorted(curve_1)
-  np.testing.assert_allclose([curve_2[s] for s in sorted(curve_2)], [curve_1[s] for s in sorted(curve_1)],
-                             rtol=1e-4)
-  assert len(os.listdir(os.path.join(workdir, "tensorboard"))) == 1

@@ -6,7 +6,8 @@ ResnetBlockDDPM (+ AttnBlock at `attn_resolutions`) and a Downsample; a middle R
 ResnetBlock; per level on the way up `num_res_blocks + 1` ResnetBlocks on concatenated skips, **one**
 AttnBlock after them (the 2021 code's placement; the DDPM paper puts one after every block) and an Upsample;
 finally GroupNorm_0, act and Conv_1 (initialised at zero scale). The `ops` field (`ops.Ops`, default the
-pure-JAX `ops.XLA`) says how the convs and dropout compute; it changes no parameter.
+pure-JAX `ops.XLA`) says how the convs and dropout compute, and `remat` whether the residual blocks are
+rematerialised in the backward pass (`remat.py`); neither changes a parameter.
 """
 from typing import Tuple
 
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 
 from score_sde.models import layers
 from score_sde.models import ops as ops_lib
+from score_sde.models import remat as remat_lib
 from score_sde.models import utils
 
 GROUPS = 32  # DDPM's GroupNorm group count: every feature width must be a multiple of it.
@@ -37,6 +39,7 @@ class DDPM(nn.Module):
   sigma_max: float = 50.0
   num_scales: int = 1000
   ops: ops_lib.Ops = ops_lib.XLA
+  remat: bool = False
 
   @classmethod
   def from_config(cls, config):
@@ -57,8 +60,11 @@ class DDPM(nn.Module):
   def __call__(self, x, labels, train=False):
     check_input(x, len(self.ch_mult))
     act = layers.get_act(self.nonlinearity)
-    temb = self._time_embedding(labels, act) if self.conditional else None
-    resblock = lambda out_ch=None: layers.ResnetBlockDDPM(act=act, out_ch=out_ch, dropout=self.dropout, ops=self.ops)
+    # The embedding is computed from float32 labels; the blocks compute in the input's dtype (bfloat16 under
+    # training.compute_dtype), which an embedding left in float32 would promote every block to.
+    temb = self._time_embedding(labels, act).astype(x.dtype) if self.conditional else None
+    block_cls = remat_lib.block(layers.ResnetBlockDDPM, self.remat)
+    resblock = lambda out_ch=None: block_cls(act=act, out_ch=out_ch, dropout=self.dropout, ops=self.ops)
 
     h = layers.rescale_to_model_range(x, self.centered)
     hs = [layers.ddpm_conv3x3(h, self.nf, ops=self.ops)]

@@ -5,12 +5,12 @@ code, so Flax's automatic names (`GroupNorm_0`, `Conv_0`, `Dense_0`, ...) match 
 GroupNorm everywhere uses min(C // 4, 32) groups and eps 1e-6. Every block that makes a conv, GroupNorm or
 dropout computes it with its `ops` field (`ops.Ops`, default the pure-JAX `ops.XLA`), passed down from NCSNpp.
 """
+import math
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from score_sde.models import layers
 from score_sde.models import ops as ops_lib
@@ -38,8 +38,9 @@ def conv_temb_norm(h, temb, act, out_ch, dropout=None, train=True, ops=ops_lib.X
 
 
 def skip_sum(x, h, skip_rescale):
-  """Residual sum; with `skip_rescale` divided by sqrt(2) so the variance does not grow with depth."""
-  return (x + h) / np.sqrt(2.0) if skip_rescale else x + h
+  """Residual sum; with `skip_rescale` divided by sqrt(2) so the variance does not grow with depth (a Python
+  float: a NumPy scalar would promote bfloat16 activations to float32)."""
+  return (x + h) / math.sqrt(2.0) if skip_rescale else x + h
 
 
 class GaussianFourierProjection(nn.Module):

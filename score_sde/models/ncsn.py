@@ -17,6 +17,7 @@ from typing import ClassVar, Optional, Sequence, Tuple
 import flax.linen as nn
 
 from score_sde.models import ncsn_layers as nl
+from score_sde.models import remat as remat_lib
 from score_sde.models import utils
 from score_sde.models.ncsnv2 import RefineNetBase, Stage
 
@@ -36,11 +37,11 @@ class NCSN(RefineNetBase):
 
   @nn.nowrap
   def resblock(self, **kwargs):
-    return nl.ConditionalResidualBlock(num_classes=self.num_scales, **kwargs)
+    return remat_lib.block(nl.ConditionalResidualBlock, self.remat)(num_classes=self.num_scales, **kwargs)
 
   @nn.nowrap
   def refineblock(self, **kwargs):
-    return nl.CondRefineBlock(num_classes=self.num_scales, **kwargs)
+    return remat_lib.block(nl.CondRefineBlock, self.remat)(num_classes=self.num_scales, **kwargs)
 
   @nn.nowrap
   def final_norm(self, h, labels):

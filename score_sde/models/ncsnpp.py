@@ -5,7 +5,8 @@ positional time embeddings. Submodules are created in the same order as the 2021
 trees (and published checkpoints) line up one to one: top level `GaussianFourierProjection_0` (Fourier
 only), `Dense_0`, `Dense_1` (conditional only), `Conv_0`, then the resblocks / attention / resampling
 modules in the order the forward pass meets them, and `GroupNorm_k`, `Conv_k` of the output head. The `ops`
-field (`ops.Ops`, default the pure-JAX `ops.XLA`) says how every block computes; it changes no parameter.
+field (`ops.Ops`, default the pure-JAX `ops.XLA`) says how every block computes, and `remat` whether the
+residual blocks are rematerialised in the backward pass (`remat.py`); neither changes a parameter.
 """
 from typing import Sequence
 
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 
 from score_sde.models import layers, layerspp, utils
 from score_sde.models import ops as ops_lib
+from score_sde.models import remat as remat_lib
 
 RESBLOCK_TYPES = ("ddpm", "biggan")
 PROGRESSIVE = ("none", "output_skip", "residual")
@@ -105,6 +107,7 @@ class NCSNpp(nn.Module):
   sigma_max: float = 50.0
   num_scales: int = 1000
   ops: ops_lib.Ops = ops_lib.XLA
+  remat: bool = False
 
   @classmethod
   def from_config(cls, config):
@@ -135,8 +138,9 @@ class NCSNpp(nn.Module):
     common = dict(act=act, dropout=self.dropout, init_scale=self.init_scale, skip_rescale=self.skip_rescale,
                   ops=self.ops)
     if self.resblock_type == "ddpm":
-      return layerspp.ResnetBlockDDPMpp(**common, **kwargs)
-    return layerspp.ResnetBlockBigGANpp(**common, fir=self.fir, fir_kernel=tuple(self.fir_kernel), **kwargs)
+      return remat_lib.block(layerspp.ResnetBlockDDPMpp, self.remat)(**common, **kwargs)
+    return remat_lib.block(layerspp.ResnetBlockBigGANpp, self.remat)(**common, fir=self.fir,
+                                                                     fir_kernel=tuple(self.fir_kernel), **kwargs)
 
   def _attn(self):
     return layerspp.AttnBlockpp(init_scale=self.init_scale, skip_rescale=self.skip_rescale, ops=self.ops)
@@ -252,6 +256,10 @@ class NCSNpp(nn.Module):
     self._check_input(x, time_cond)
     act = layers.get_act(self.nonlinearity)
     temb, used_sigmas = self._time_embedding(time_cond, act)
+    if temb is not None:
+      # The embedding is computed from float32 labels; the blocks compute in the input's dtype (bfloat16 under
+      # training.compute_dtype), which an embedding left in float32 would promote every block to.
+      temb = temb.astype(x.dtype)
     h = layers.rescale_to_model_range(x, self.centered)
     hs = self._down_path(h, temb, act, train)
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from score_sde.models import layers
 from score_sde.models import ncsn_layers as nl
+from score_sde.models import remat as remat_lib
 from score_sde.models import utils
 
 # An encoder stage: (channel multiplier of nf, resample of its first block, dilation of both blocks).
@@ -35,6 +36,7 @@ class RefineNetBase(nn.Module):
   sigma_max: float = 50.0
   num_scales: int = 232
   interpolation: str = "bilinear"
+  remat: bool = False  # rematerialise the residual and refine blocks in the backward pass (remat.py)
 
   registry_name: ClassVar[str] = "refinenet"
   ENCODER: ClassVar[Sequence[Stage]] = ()
@@ -45,11 +47,11 @@ class RefineNetBase(nn.Module):
   # --- hooks: the unconditional (NCSNv2) blocks; NCSN v1 overrides them with conditional ones ---
   @nn.nowrap
   def resblock(self, **kwargs):
-    return nl.ResidualBlock(**kwargs)
+    return remat_lib.block(nl.ResidualBlock, self.remat)(**kwargs)
 
   @nn.nowrap
   def refineblock(self, **kwargs):
-    return nl.RefineBlock(**kwargs)
+    return remat_lib.block(nl.RefineBlock, self.remat)(**kwargs)
 
   @nn.nowrap
   def final_norm(self, h, labels):
