@@ -29,8 +29,9 @@ the micro-batch, B / k examples, while the per-step part stays.
 
 The projection (DDPM++ cont. at the paper's batch of 128) is arithmetic on the measured FLOPs per example:
 compute = batch x FLOPs/example / (chips x peak x MXU utilisation), all-reduce = the ring's bytes per device
-/ its share of the interconnect, steps/s = 1 / (compute + all-reduce) (no overlap assumed); the same
-arithmetic for the DDPM model (35.7M in the DDPM paper, v3-8, batch 128: 21 steps/s) calibrates it.
+/ its share of the interconnect, steps/s = 1 / (compute + all-reduce) (no overlap assumed), at an assumed
+utilisation and at the one that the DDPM paper's 21 steps/s (35.7M parameters, v3-8, batch 128) implies for
+the DDPM model's measured FLOPs (configs/vp/ddpm/cifar10.py, its 2021 port: 35.2M parameters).
 Compile times on a 2-core CPU: seconds for 32px, minutes per variant for 256px.
 """
 import argparse
@@ -65,7 +66,7 @@ VARIANTS = {
 # bandwidth per 1024-chip pod, i.e. about 332 GB/s per chip, 166 GB/s per core.
 V3_PEAK_PER_CHIP = 123e12
 V3_ALLREDUCE_PER_CORE = 340e12 / 1024 / 2
-MXU_UTILISATION = 0.40  # assumed: convs of 128-256 channels at 4-32 px keep the MXUs well short of peak
+MXU_UTILISATION = 0.40  # assumed (convs of 128-256 channels at 4-32 px); the DDPM paper's speed calibrates it
 PAPER_BATCH = 128
 DDPM_PAPER_STEPS_PER_S = 21.0  # Ho et al. 2020, App. B: 35.7M parameters, TPU v3-8, batch 128
 
@@ -164,26 +165,34 @@ def allreduce(params, cores):
   return grad_bytes, per_device, per_device / V3_ALLREDUCE_PER_CORE
 
 
-def print_projection(name, flops_per_example, params, paper=None):
+def _steps_per_s(flops_per_example, params, cores, utilisation):
+  """The arithmetic of one step at the paper's batch on `cores` v3 cores, as text ending in its steps/s."""
+  chips = cores // 2
+  compute = PAPER_BATCH * flops_per_example / (chips * V3_PEAK_PER_CHIP * utilisation)
+  grad_bytes, per_device, comm = allreduce(params, cores)
+  text = (f"compute {PAPER_BATCH} x {flops_per_example / 1e9:.2f} GFLOP / ({chips} chips x "
+          f"{V3_PEAK_PER_CHIP / 1e12:.0f} TFLOP/s x {utilisation:.2f}) = {compute * 1e3:.2f} ms; all-reduce "
+          f"2 x {cores - 1}/{cores} x {grad_bytes / 1e6:.1f} MB = {per_device / 1e6:.1f} MB per core / "
+          f"{V3_ALLREDUCE_PER_CORE / 1e9:.0f} GB/s = {comm * 1e3:.2f} ms; {1 / (compute + comm):.1f} steps/s")
+  return text
+
+
+def implied_utilisation(flops_per_example, params, steps_per_s, cores=8):
+  """The MXU utilisation at which the arithmetic gives `steps_per_s` on `cores` v3 cores."""
+  compute_at_peak = PAPER_BATCH * flops_per_example / (cores // 2 * V3_PEAK_PER_CHIP)
+  return compute_at_peak / (1 / steps_per_s - allreduce(params, cores)[2])
+
+
+def print_projection(name, flops_per_example, params, utilisations):
   print(f"\nProjected steps/s, {name} ({params:,} parameters), batch {PAPER_BATCH}: "
         f"{flops_per_example / 1e9:.2f} GFLOP per example (train step, measured above)")
   print(f"  assumed: TPU v3 {V3_PEAK_PER_CHIP / 1e12:.0f} TFLOP/s bf16 peak per chip (2 cores), "
-        f"MXU utilisation {MXU_UTILISATION:.0%}, all-reduce {V3_ALLREDUCE_PER_CORE / 1e9:.0f} GB/s per core "
-        "(340 TB/s per 1024-chip pod), no compute/communication overlap")
-  for pod, cores in (("v3-8", 8), ("v3-32", 32)):
-    chips = cores // 2
-    compute = PAPER_BATCH * flops_per_example / (chips * V3_PEAK_PER_CHIP * MXU_UTILISATION)
-    grad_bytes, per_device, comm = allreduce(params, cores)
-    print(f"  {pod}: compute {PAPER_BATCH} x {flops_per_example / 1e9:.2f} GFLOP / ({chips} chips x "
-          f"{V3_PEAK_PER_CHIP / 1e12:.0f} TFLOP/s x {MXU_UTILISATION:.2f}) = {compute * 1e3:.2f} ms; all-reduce "
-          f"2 x {cores - 1}/{cores} x {grad_bytes / 1e6:.1f} MB = {per_device / 1e6:.1f} MB per core / "
-          f"{V3_ALLREDUCE_PER_CORE / 1e9:.0f} GB/s = {comm * 1e3:.2f} ms; {1 / (compute + comm):.1f} steps/s")
-  if paper is not None:
-    compute_at_full = PAPER_BATCH * flops_per_example / (4 * V3_PEAK_PER_CHIP)
-    comm = allreduce(params, 8)[2]
-    implied = compute_at_full / (1 / paper - comm)
-    print(f"  the DDPM paper's {paper:.0f} steps/s on v3-8 implies an MXU utilisation of {implied:.0%} "
-          "under the same arithmetic")
+        f"all-reduce {V3_ALLREDUCE_PER_CORE / 1e9:.0f} GB/s per core (340 TB/s per 1024-chip pod), "
+        "no compute/communication overlap")
+  for label, utilisation in utilisations:
+    for pod, cores in (("v3-8", 8), ("v3-32", 32)):
+      print(f"  {pod}, MXU utilisation {utilisation:.0%} ({label}): "
+            f"{_steps_per_s(flops_per_example, params, cores, utilisation)}")
 
 
 def main():
@@ -211,11 +220,17 @@ def main():
     rows = {v: measure(path, batches, v, compile_too=not args.saved_only) for v in chosen}
     print_table(name, path, batches, rows)
     measured[name] = rows
-  for name, label, paper in (("ddpmpp", "DDPM++ cont. (VP), 32px", None),
-                             ("ddpm", "DDPM (Ho et al.), 32px", DDPM_PAPER_STEPS_PER_S)):
-    if name in measured and not args.saved_only:
-      row = measured[name].get("baseline") or next(iter(measured[name].values()))
-      print_projection(label, row["flops"][1], row["params"], paper)
+  if args.saved_only:
+    return
+  baseline = {name: rows.get("baseline") or next(iter(rows.values())) for name, rows in measured.items()}
+  utilisations = [("assumed", MXU_UTILISATION)]
+  if "ddpm" in baseline:
+    calibrated = implied_utilisation(baseline["ddpm"]["flops"][1], baseline["ddpm"]["params"],
+                                     DDPM_PAPER_STEPS_PER_S)
+    utilisations.append((f"what the DDPM paper's {DDPM_PAPER_STEPS_PER_S:.0f} steps/s on v3-8 implies", calibrated))
+  for name, label in (("ddpmpp", "DDPM++ cont. (VP), 32px"), ("ddpm", "DDPM (Ho et al.), 32px")):
+    if name in baseline:
+      print_projection(label, baseline[name]["flops"][1], baseline[name]["params"], utilisations)
 
 
 if __name__ == "__main__":

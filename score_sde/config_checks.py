@@ -22,6 +22,7 @@ def validate_config(config, num_devices=None):
   losses.get_loss_fn_from_config(config, sde, model, train=True)
   check_batch_size(config.training.batch_size, "training.batch_size", num_devices)
   check_batch_size(config.eval.batch_size, "eval.batch_size", num_devices)
+  losses.check_memory_knobs(config, num_devices)
   ops.check_impl(settings.TrainingSettings.from_config(config).conv_impl)
   method = settings.SamplingSettings.from_config(config).method
   if method not in sampling.registered_samplers():  # before a checkpoint is restored or a step compiled
