@@ -291,8 +291,7 @@ def train(config, workdir):
   missing = (sample_fn is not None and initial_step in checkpoints.snapshots.all_steps()
              and not (samples_folder(initial_step) / "samples.npz").exists())
   # Process 0's view decides, so that every process joins the sampler's collectives or none does.
-  if pc > 1:
-    missing = bool(multihost_utils.broadcast_one_to_all(np.asarray(missing)))
+  missing = parallel.process0_decides(missing)
   if missing:
     logging.info("Step %d: its snapshot's samples are missing; drawing them.", initial_step)
     write_samples(initial_step, state.ema_params)

@@ -13,26 +13,12 @@ import tensorflow_datasets as tfds
 
 from configs import default_celeba_configs, default_cifar10_configs, default_digits_configs, default_lsun_configs
 from score_sde import data_digits, data_preprocessing, data_sources, datasets
+from tests import stream_utils
 
 tf.config.set_visible_devices([], "GPU")
 
 
-def _take(iterator, count):
-  return [next(iterator) for _ in range(count)]
-
-
-def _assert_same_batches(got, want):
-  assert len(got) == len(want)
-  for a, b in zip(got, want):
-    assert a.keys() == b.keys()
-    for key in a:
-      np.testing.assert_array_equal(a[key], b[key])
-
-
-def _join(per_process):
-  """Concatenates, batch by batch and in process order, the slices the processes received."""
-  return [{k: np.concatenate([p[i][k] for p in per_process]) for k in per_process[0][i]}
-          for i in range(len(per_process[0]))]
+_take, _assert_same_batches, _join = stream_utils.take, stream_utils.assert_same_batches, stream_utils.join
 
 
 def _cifar_config(**data):
